@@ -1,0 +1,51 @@
+"""Pieces the baseline strategies share: the convnet backbone and lean Avalanche settings.
+
+Avalanche's defaults cost more than the methods at one image per step (REFERENCE.md: the default
+evaluator and console logger nearly double a 600-experience run, and evaluating the whole test stream
+after every experience is quadratic). The harness evaluates by itself, so strategies run with an
+evaluator that records nothing and never evaluate during training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clbench.registry import BuildContext
+
+
+def convnet(n_classes: int, width: int = 64) -> nn.Sequential:
+    """The baselines' shared backbone: 3 x (conv3x3 -> InstanceNorm -> ReLU -> maxpool2) -> linear.
+
+    28x28 -> 14 -> 7 -> 3, so ``9 * width`` features. Per-sample normalisation (as in ANML) keeps
+    every image's forward independent of the batch, so batch-1 training and batched evaluation agree,
+    and no running statistics go stale as classes arrive.
+    """
+    layers: list[nn.Module] = []
+    c_in = 1
+    for _ in range(3):
+        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.InstanceNorm2d(width, affine=True), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+        c_in = width
+    layers += [nn.Flatten(), nn.Linear(9 * width, n_classes)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimiser '{name}' (use 'sgd' or 'adam')")
+
+
+def lean_kwargs(ctx: BuildContext) -> dict:
+    """Strategy keyword arguments that keep Avalanche's per-step overhead small."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    return dict(device=ctx.device, evaluator=EvaluationPlugin(loggers=[]), eval_every=-1, eval_mb_size=1024)

@@ -1,0 +1,34 @@
+"""Naive fine-tuning: the lower bound.
+
+The shared convnet is trained on each experience in turn, one pass at batch size 1 (the ANML/OML
+meta-test protocol), with nothing to protect earlier classes. Every parameter learns in every
+experience; what it forgets is the baseline every other method must beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    lr: float = 0.01  # SGD step; chosen per length on validation streams (see SPEC.tuned)
+    optimizer: str = "sgd"  # the papers' meta-test optimiser
+    train_mb_size: int = 1  # the ANML/OML protocol: one image per step
+    train_epochs: int = 1  # one pass over the stream
+    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
+
+
+SPEC = MethodSpec(name="naive", config=Config, tuned={"lr": (0.1, 0.03, 0.01, 0.003, 0.001)})
+
+
+def build(cfg: Config, ctx: BuildContext):
+    from avalanche.training.supervised import Naive
+
+    from methods._common import convnet, lean_kwargs, optimizer
+
+    model = convnet(ctx.n_classes, cfg.width)
+    return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                 train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))

@@ -1,0 +1,39 @@
+"""The i.i.d. oracle: the shared convnet trained on the union of the trajectory's training images.
+
+Not a continual learner: it sees every class at once, shuffled, for several epochs (Avalanche's
+JointTraining), which bounds what a continual learner with this backbone could reach. The ANML paper's
+oracle ("trained i.i.d.") plays the same role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    lr: float = 1e-3  # Adam's default step
+    optimizer: str = "adam"  # i.i.d. training needs no protocol constraint: the usual choice
+    train_mb_size: int = 32
+    train_epochs: int = 15  # enough for the convnet to fit 15 images per class
+    width: int = 64
+
+
+SPEC = MethodSpec(name="oracle", config=Config)
+
+
+def build(cfg: Config, ctx: BuildContext):
+    from avalanche.training.supervised import JointTraining
+
+    from methods._common import convnet, lean_kwargs, optimizer
+
+    model = convnet(ctx.n_classes, cfg.width)
+    return JointTraining(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                         train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))
+
+
+def fit(strategy, benchmark, after_experience=None) -> None:
+    """Joint training takes the whole stream at once; there is no per-experience state to report."""
+    strategy.train(benchmark.train_stream)

@@ -1,0 +1,40 @@
+"""Experience replay with a fixed-size reservoir buffer.
+
+Each step trains the shared convnet on the current image(s) plus as many images drawn from the
+buffer. The buffer is a reservoir sample of everything seen so far, so every class keeps a chance of
+a slot however many classes arrive; Avalanche's default class-balanced buffer stops admitting new
+classes once classes outnumber slots (REFERENCE.md: with 200 slots only classes 0-199 were stored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    lr: float = 0.01  # SGD step; chosen per length on validation streams
+    optimizer: str = "sgd"
+    mem_size: int = 200  # the OML paper's replay buffer size
+    train_mb_size: int = 1  # current images per step (the protocol's batch size 1)
+    train_epochs: int = 1
+    width: int = 64
+
+
+SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": (0.1, 0.03, 0.01, 0.003, 0.001)})
+
+
+def build(cfg: Config, ctx: BuildContext):
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+    from avalanche.training.supervised import Naive
+
+    from methods._common import convnet, lean_kwargs, optimizer
+
+    model = convnet(ctx.n_classes, cfg.width)
+    replay = ReplayPlugin(mem_size=cfg.mem_size, storage_policy=ReservoirSamplingBuffer(cfg.mem_size))
+    return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                 train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[replay],
+                 **lean_kwargs(ctx))
