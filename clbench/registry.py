@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clbench.errors import UsageError
+
 # name -> (module, one-line summary). The summary lives here too so `clbench ls` needs no imports.
 METHODS: dict[str, tuple[str, str]] = {
     "naive": ("methods.naive", "fine-tuning, one pass, no protection: the lower bound"),
@@ -25,7 +27,7 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(UsageError):
     pass
 
 

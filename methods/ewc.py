@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clbench.registry import BuildContext, MethodSpec
+from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Config:
     width: int = 64
 
 
-SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": (0.1, 0.03, 0.01, 0.003, 0.001)})
+SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": LR_GRID})
 
 
 def build(cfg: Config, ctx: BuildContext):

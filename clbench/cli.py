@@ -1,0 +1,232 @@
+"""The ``clbench`` command: run, meta-train, ls, leaderboard, check.
+
+``main(argv)`` returns the exit code: 0 success, 1 a failed check or a run error, 2 bad input. Bad
+input is reported in one line before anything is computed, and never touches stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from clbench import registry
+from clbench.config import PROFILES, RunConfig, merge_overrides, parse_set, read_config_file
+from clbench.data import DataError
+from clbench.errors import UsageError
+from clbench.streams import PAPER_LENGTHS
+
+
+class CLIError(UsageError):
+    pass
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    """``"10,50"``, ``"0-4"`` (inclusive) or a mix; ``paper`` for the ANML paper's lengths."""
+    if what == "lengths" and text.strip() == "paper":
+        return PAPER_LENGTHS
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    except ValueError:
+        raise CLIError(f"--{what} {text!r}: expected integers like 10,50 or 0-4"
+                       + (" or 'paper'" if what == "lengths" else "")) from None
+    if not out:
+        raise CLIError(f"--{what} is empty")
+    return tuple(dict.fromkeys(out))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark on Omniglot.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run methods over trajectory lengths and seeds; rows go to OUT/results.jsonl")
+    r.add_argument("--methods", required=True, help="comma-separated, e.g. anml,oml,ewc (see `clbench ls`)")
+    r.add_argument("--lengths", default=None, help="e.g. 10,50 or 'paper' (10..600) [10,50]")
+    r.add_argument("--seeds", default=None, help="reported trajectories, e.g. 0,1,2 or 0-9 [0,1,2]")
+    r.add_argument("--out", default=None, help="result directory [runs]")
+    r.add_argument("--profile", default=None, choices=PROFILES, help="ci | default | paper [default]")
+    r.add_argument("--device", default=None, help="cpu or cuda [cpu]")
+    r.add_argument("--data-root", default=None, help="folder holding omniglot-py/ [$CLBENCH_DATA]")
+    r.add_argument("--config", default=None, help="TOML file with [run] and [methods.NAME] tables")
+    r.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method setting (repeatable); beats --config")
+    r.add_argument("--no-select", dest="select", action="store_const", const=False, default=None,
+                   help="use defaults instead of selecting tuned values on validation trajectories")
+    r.add_argument("--val-seeds", type=int, default=None, help="validation trajectories per grid value [3]")
+    r.add_argument("--matrix-max", type=int, default=None, help="accuracy matrix up to this length [50]")
+    r.add_argument("--executor", default=None, help="local | ray [local]")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads per trajectory [all cores]")
+    r.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+
+    m = sub.add_parser("meta-train", help="meta-train ANML or OML on the background set (cached, resumable)")
+    m.add_argument("--method", required=True, choices=("anml", "oml"))
+    m.add_argument("--steps", type=int, default=None, help="outer steps (default: the profile's)")
+    m.add_argument("--profile", default="default", choices=PROFILES)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--data-root", default=None)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    m.add_argument("--out", default=None, help="checkpoint directory (default: the cache)")
+
+    sub.add_parser("ls", help="list methods and profiles")
+
+    lb = sub.add_parser("leaderboard", help="markdown tables (and a plot) from stored rows")
+    lb.add_argument("--store", default="runs", help="directory holding results.jsonl [runs]")
+    lb.add_argument("--output", default=None, help="write the markdown here (default: stdout)")
+    lb.add_argument("--plot", default=None, help="also write a PNG plot of test accuracy vs classes")
+
+    c = sub.add_parser("check", help="compare stored results with a reference file (exit 0 ok, 1 regressed, 2 usage)")
+    c.add_argument("--store", default="runs")
+    c.add_argument("--reference", required=True)
+    c.add_argument("--update", action="store_true", help="write the reference from the stored results")
+    return p
+
+
+def _run_config(args) -> RunConfig:
+    run_file, method_file = read_config_file(args.config) if args.config else ({}, {})
+    known = set(RunConfig.__dataclass_fields__) - {"methods", "method_overrides"}
+    if unknown := set(run_file) - known:
+        raise CLIError(f"config file [run]: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    merged = dict(run_file)
+    for key in ("lengths", "seeds"):
+        if isinstance(merged.get(key), (str, int)):
+            merged[key] = _ints(str(merged[key]), key)
+        elif key in merged:
+            merged[key] = tuple(merged[key])
+    for key in ("out", "profile", "device", "data_root", "select", "val_seeds", "matrix_max", "executor",
+                "address", "threads"):
+        if (value := getattr(args, key)) is not None:
+            merged[key] = value
+    if args.lengths is not None:
+        merged["lengths"] = _ints(args.lengths, "lengths")
+    if args.seeds is not None:
+        merged["seeds"] = _ints(args.seeds, "seeds")
+    if "out" in merged:
+        merged["out"] = Path(merged["out"])
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    overrides = merge_overrides(method_file, parse_set(args.set))
+    return RunConfig(methods=methods, method_overrides=overrides, **merged)
+
+
+def _cmd_run(args, argv) -> int:
+    from clbench import runner
+    from clbench.data import load_omniglot, locate
+
+    rc = _run_config(args)
+    cells = runner.plan(rc)  # validates names, lengths, seeds, settings before any work
+    if args.dry_run:
+        for c in cells:
+            print(f"{c.method}\tn={c.n_classes}\tseed={c.seed}\tconfig={c.config_hash}\trun_id={c.run_id}")
+        return 0
+    # Decode (or find in the cache) Omniglot now, so a data problem fails before the first cell, and pass
+    # the resolved folder on: Ray workers need not share this shell's environment.
+    data = load_omniglot(rc.data_root)
+    root = str(locate(rc.data_root)[0] or data.root)
+    from dataclasses import replace
+
+    store = runner.run(replace(rc, data_root=root))
+    from clbench import leaderboard
+
+    text = leaderboard.render(store.rows(), _command_line(argv), _git_sha())
+    (Path(rc.out) / "leaderboard.md").write_text(text)
+    print(text)
+    return 0
+
+
+def _cmd_ls(args) -> int:
+    width = max(map(len, registry.METHODS))
+    for name, (_, summary) in registry.METHODS.items():
+        print(f"{name:<{width}}  {summary}")
+    print(f"\nprofiles: {', '.join(PROFILES)}")
+    return 0
+
+
+def _store_rows(store: str):
+    from clbench.results import Store
+
+    rows = Store(store).rows()
+    if not rows:
+        raise CLIError(f"no results in {Path(store) / 'results.jsonl'}; run `clbench run --out {store}` first")
+    return rows
+
+
+def _command_line(argv: list[str]) -> str:
+    return "clbench " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _cmd_leaderboard(args, argv) -> int:
+    from clbench import leaderboard
+
+    rows = _store_rows(args.store)
+    text = leaderboard.render(rows, _command_line(argv), _git_sha())
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    if args.plot:
+        leaderboard.plot(rows, args.plot)
+    return 0
+
+
+def _git_sha() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cmd_check(args, argv) -> int:
+    from clbench import check
+
+    rows = _store_rows(args.store)
+    if args.update:
+        n = check.write_reference(rows, args.reference, _command_line(argv))
+        print(f"wrote {n} reference rows to {args.reference}")
+        return 0
+    verdicts = check.check(rows, check.read_reference(args.reference))
+    for v in verdicts:
+        print(("ok    " if v.status == "ok" else "FAIL  ") + v.message)
+    code = check.exit_code(verdicts)
+    bad = sum(v.status != "ok" for v in verdicts)
+    print(f"{len(verdicts) - bad} passed, {bad} failed" if bad else f"all {len(verdicts)} rows within tolerance")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, argv)
+        if args.command == "meta-train":
+            from clbench import metatrain
+
+            return metatrain.main(args)
+        if args.command == "ls":
+            return _cmd_ls(args)
+        if args.command == "leaderboard":
+            return _cmd_leaderboard(args, argv)
+        return _cmd_check(args, argv)
+    except UsageError as e:
+        print(f"clbench: error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"clbench: data error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clbench: interrupted; finished cells are stored, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

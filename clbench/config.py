@@ -1,0 +1,141 @@
+"""Typed, frozen configs with one precedence rule: Config defaults < profile < config file < CLI ``--set``.
+
+A method's config is its module's frozen ``Config`` dataclass. The config hash covers the method name,
+the profile and every resolved field, so results of different profiles or settings never mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from clbench.errors import UsageError
+
+PROFILES = ("ci", "default", "paper")
+
+
+class ConfigError(UsageError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``clbench run``: which cells, where the rows go, and how cells execute."""
+
+    methods: tuple[str, ...]
+    lengths: tuple[int, ...] = (10, 50)  # trajectory lengths (classes)
+    seeds: tuple[int, ...] = (0, 1, 2)  # reported trajectories
+    out: Path = Path("runs")  # the JSONL store lives here
+    profile: str = "default"  # ci | default | paper (meta-training budget, method widths)
+    device: str = "cpu"
+    data_root: str | None = None
+    select: bool = True  # choose tuned fields on validation streams (never on test images)
+    val_seeds: int = 3  # validation trajectories per grid value
+    matrix_max: int = 50  # compute the accuracy matrix R[t][u] up to this many classes
+    executor: str = "local"  # local | ray
+    address: str | None = None  # Ray cluster address; None starts a local instance
+    # torch threads per trajectory: fixed, since a different thread count changes the result's bits
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Turn a CLI string (or a TOML value) into the field's declared type."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value in (None, "none", "None"):
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = typing.get_args(typ)[0] if typing.get_args(typ) else str
+        return tuple(_coerce(v, inner, where) for v in items)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        if typ in (int, float, str):
+            out = typ(value)
+            if typ is int and isinstance(value, float) and value != out:
+                raise ValueError(value)
+            return out
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {typ.__name__}") from None
+    return value
+
+
+def resolve_method_config(module, profile: str, overrides: dict[str, Any] | None = None):
+    """The method's Config: defaults, then ``module.PROFILES[profile]``, then ``overrides`` (file, CLI)."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
+    cls = module.Config
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = dict(getattr(module, "PROFILES", {}).get(profile, {}))
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{module.SPEC.name} has no setting '{key}'{hint} "
+                              f"(settings: {', '.join(sorted(fields))})")
+        values[key] = _coerce(value, hints[key], f"{module.SPEC.name}.{key}")
+    return cls(**values)
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(method: str, profile: str, cfg) -> str:
+    payload = json.dumps({"method": method, "profile": profile, "config": config_dict(cfg)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["ewc.lr=0.01", "naive.width=32"]`` -> ``{"ewc": {"lr": "0.01"}, "naive": {"width": "32"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise ConfigError(f"--set {item!r}: expected METHOD.FIELD=VALUE, e.g. ewc.ewc_lambda=50")
+        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A TOML file with an optional ``[run]`` table and ``[methods.<name>]`` tables."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p}: {e}") from None
+    unknown = set(data) - {"run", "methods"}
+    if unknown:
+        raise ConfigError(f"config file {p}: unknown tables {sorted(unknown)} (use [run] and [methods.NAME])")
+    return dict(data.get("run", {})), {k: dict(v) for k, v in data.get("methods", {}).items()}
+
+
+def merge_overrides(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for method, values in layer.items():
+            out.setdefault(method, {}).update(values)
+    return out

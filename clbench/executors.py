@@ -1,0 +1,54 @@
+"""Executors map ``run_job`` over jobs and hand back outcomes as they finish.
+
+``local`` runs jobs one after another in this process. ``ray`` runs each job as a Ray task, on the
+cluster at ``address`` or on a local Ray instance started here; Ray is imported only when asked for.
+Both yield ``(index, outcome)`` pairs, so the caller stores each result as soon as it exists and an
+interruption loses at most the jobs in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from clbench.trajectory import Job, Outcome, run_job
+
+EXECUTORS = ("local", "ray")
+
+
+def local(jobs: Sequence[Job]) -> Iterator[tuple[int, Outcome]]:
+    for i, job in enumerate(jobs):
+        yield i, run_job(job)
+
+
+def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, Outcome]]:
+    try:
+        import ray as ray_lib
+    except ImportError:
+        raise RuntimeError("the ray executor needs Ray: install clbench with the 'ray' extra "
+                           "(uv sync --extra ray) or use --executor local") from None
+    started_here = not ray_lib.is_initialized()
+    if started_here:
+        # Workers import clbench and methods from this checkout, wherever the driver runs.
+        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONHASHSEED": "0"}})
+    remote = ray_lib.remote(run_job)
+    # Each task reserves as many CPUs as the torch threads it will use, so tasks never oversubscribe.
+    pending = {remote.options(num_cpus=job.threads).remote(job): i for i, job in enumerate(jobs)}
+    try:
+        while pending:
+            done, _ = ray_lib.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray_lib.get(ref)
+    finally:
+        for ref in pending:
+            ray_lib.cancel(ref)
+        if started_here:
+            ray_lib.shutdown()
+
+
+def execute(jobs: Sequence[Job], executor: str = "local", address: str | None = None):
+    if executor == "local":
+        return local(jobs)
+    if executor == "ray":
+        return ray(jobs, address)
+    raise ValueError(f"unknown executor '{executor}' (use one of {', '.join(EXECUTORS)})")

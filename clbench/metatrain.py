@@ -1,0 +1,371 @@
+"""Meta-training for ANML and OML on the meta-train (background) pool, with resumable checkpoints.
+
+One outer step (both methods, as in the reference code): draw one background class, re-draw its
+output row (kaiming, bias kept), take ``inner_images`` SGD steps at batch size 1 on that class's
+drawings, updating only the network's ``learner`` parameters; the meta-loss is the cross-entropy on
+those drawings plus ``remember`` random background images under the adapted weights; Adam updates
+every parameter. The meta-gradient flows through the inner steps (second order, ``torch.func``) unless
+``first_order`` (the released ANML code, which omits ``create_graph``).
+
+What never depends on the inner-loop parameters is computed once per step for the whole batch (ANML's
+gate, OML's representation); per-sample normalisation makes that batched forward equal to the
+per-image one. All randomness comes from one seeded ``torch.Generator`` whose state is checkpointed
+with the weights and Adam's moments, so a resumed run reaches the same bits as an uninterrupted one
+(same device and thread count).
+
+Layout under ``<cache>/checkpoints/<method>-<key hash>/``: ``step-NNNNNNNN.safetensors`` (weights,
+Adam state, RNG) with its ``.json`` (written last: the commit marker) every ``checkpoint_every``
+steps; at the end ``model.safetensors`` (weights only) and ``model.json`` (metadata, meta-loss curve).
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1  # bump when the checkpoint layout or the meta-training maths changes
+IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the meta-trained weights (a method module's ``meta_recipe(cfg)``)."""
+
+    method: str
+    arch: dict[str, Any]  # the network's constructor arguments, passed to ``make_model``
+    image_size: int
+    steps: int
+    inner_lr: float
+    meta_lr: float
+    inner_images: int  # inner SGD steps per outer step, one drawing each
+    remember: int  # random background images added to the meta-loss
+    first_order: bool
+    seed: int
+    make_model: Callable[..., Any] = dataclasses.field(compare=False, repr=False)
+
+    def key(self, profile: str, data_hash: str) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "make_model"}
+        return {"format": FORMAT, "profile": profile, "data": data_hash, **d}
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_hash(state: dict) -> str:
+    """A content hash of a state dict (names, dtypes, shapes, bytes), independent of the file format."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_pool(data_root, image_size: int, device: str = "cpu"):
+    """The background pool as one float tensor [classes, 20, 1, S, S] in [0, 1] (white = 1)."""
+    import torch
+
+    from clbench.data import load_omniglot
+
+    og = load_omniglot(data_root, size=image_size)
+    x = torch.from_numpy(og.background.images).unsqueeze(2).float().div_(255.0)
+    return x.to(device), og.content_hash
+
+
+# ----------------------------------------------------------------------------------------- one step
+def sample_task(model, pool, gen, r: Recipe):
+    """Draw one outer step's data and re-draw the drawn class's output row (kaiming, bias kept).
+
+    Returns images [inner_images + remember, 1, S, S]: the class's drawings in a random order, then the
+    random background images; and their labels (background class indices).
+    """
+    import torch
+
+    from methods._metanets import reset_rows
+
+    n_classes = pool.shape[0]
+    c = int(torch.randint(n_classes, (1,), generator=gen))
+    order = torch.randperm(IMAGES_PER_CLASS, generator=gen)[: r.inner_images]
+    rc = torch.randint(n_classes, (r.remember,), generator=gen)
+    rd = torch.randint(IMAGES_PER_CLASS, (r.remember,), generator=gen)
+    reset_rows(model.head, [c], gen)  # a "new" class each time: its row starts from scratch
+    dev = pool.device
+    x = torch.cat([pool[c, order.to(dev)], pool[rc.to(dev), rd.to(dev)]])
+    y = torch.cat([torch.full((r.inner_images,), c), rc]).to(dev)
+    return x, y
+
+
+def meta_objective(model, x, y, r: Recipe):
+    """The meta-loss: adapt the learner on the first ``r.inner_images`` images one at a time, then the
+    cross-entropy on all of ``x`` under the adapted weights. Differentiable w.r.t. every parameter."""
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad
+
+    ctx = model.context(x)  # untouched by the inner loop: computed once, batched
+    slow = dict(model.learner.named_parameters())
+    if r.first_order:  # inner loop on constants; its total update is added back as a constant
+        fast = {k: v.detach() for k, v in slow.items()}
+        inner_ctx = tuple(t.detach() for t in ctx)
+    else:
+        fast, inner_ctx = slow, ctx
+
+    for i in range(r.inner_images):
+        xi = tuple(t[i:i + 1] for t in inner_ctx)
+
+        def loss(p, xi=xi, yi=y[i:i + 1]):
+            return F.cross_entropy(functional_call(model.learner, p, xi), yi)
+
+        g = grad(loss)(fast)  # stays differentiable w.r.t. fast and the context (create_graph)
+        fast = {k: fast[k] - r.inner_lr * g[k] for k in fast}
+
+    if r.first_order:
+        fast = {k: slow[k] + (fast[k] - slow[k].detach()) for k in slow}
+    return F.cross_entropy(functional_call(model.learner, fast, ctx), y)
+
+
+def meta_step(model, opt, pool, gen, r: Recipe) -> float:
+    """One outer step; returns the meta-loss before the update."""
+    x, y = sample_task(model, pool, gen, r)
+    loss = meta_objective(model, x, y, r)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def _clbench_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def save_state(d: Path, step: int, model, opt, gen, meta: dict) -> None:
+    """Resumable state at ``step``: weights, Adam moments and RNG, then the JSON commit marker."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"adam.{i}.{k}"] = v.detach().cpu().contiguous()
+    tensors["rng"] = gen.get_state()
+    name = f"step-{step:08d}"
+    _atomic_write(d / f"{name}.safetensors", lambda p: save_file(tensors, p))
+    _atomic_write(d / f"{name}.json", lambda p: Path(p).write_text(json.dumps({**meta, "steps_done": step})))
+    for old in d.glob("step-*.json"):  # keep only the newest resumable state
+        if old.stem != name:
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+
+
+def load_state(d: Path, model, opt, gen) -> dict | None:
+    """Restore the newest committed state in ``d``; returns its metadata (None if there is none)."""
+    import torch
+    from safetensors.torch import load_file
+
+    markers = sorted(d.glob("step-*.json"))
+    if not markers:
+        return None
+    meta = json.loads(markers[-1].read_text())
+    t = load_file(str(markers[-1].with_suffix(".safetensors")))
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    dev = next(model.parameters()).device
+    state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("adam."):
+            _, i, name = k.split(".", 2)
+            # Adam keeps ``step`` on the CPU unless capturable; moments live with the parameters.
+            state.setdefault(int(i), {})[name] = v if name == "step" else v.to(dev)
+    sd = opt.state_dict()
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    gen.set_state(t["rng"].to(torch.uint8))
+    return meta
+
+
+def read_final(d: Path):
+    """The finished checkpoint in ``d`` as (state_dict, metadata), or None."""
+    from safetensors.torch import load_file
+
+    if not (d / "model.json").exists():
+        return None
+    return load_file(str(d / "model.safetensors")), json.loads((d / "model.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------- training
+class Progress:
+    """One line on stderr every ``every_s`` seconds (and at the end): step, meta-loss, speed, ETA."""
+
+    def __init__(self, label: str, total: int, start: int, every_s: float = 10.0, stream=None):
+        self.label, self.total, self.start, self.every_s = label, total, start, every_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, step: int, losses: list[float]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and step != self.total:
+            return
+        self.last = now
+        rate = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        recent = losses[-50:]
+        print(f"[{self.label}] step {step}/{self.total}  meta-loss {sum(recent) / len(recent):.3f}  "
+              f"{rate:.2f} steps/s  eta {eta / 60:.1f} min", file=self.stream, flush=True)
+
+
+def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu", checkpoint_every: int = 500,
+          stop_after: int | None = None, progress: bool = True, extra_meta: dict | None = None):
+    """Meta-train ``r`` into folder ``d``, resuming from its newest state; returns (state_dict, meta).
+
+    ``stop_after`` ends the run early after that many steps of this call, leaving a resumable state
+    (used to test resumption; an interrupted process leaves the state of its last save).
+    """
+    import torch
+
+    from methods._metanets import init_kaiming
+
+    d.mkdir(parents=True, exist_ok=True)
+    pool, data_hash = load_pool(data_root, r.image_size, device)
+    if data_hash != key["data"]:
+        raise RuntimeError(f"data content hash {data_hash} differs from the checkpoint key's {key['data']}")
+    gen = torch.Generator().manual_seed(r.seed)
+    model = r.make_model(**r.arch)
+    init_kaiming(model, gen)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+    meta = load_state(d, model, opt, gen) or {
+        "key": key, "key_hash": key_hash(key), "meta_loss": [], "seconds": 0.0, **(extra_meta or {})}
+    done = meta.get("steps_done", 0)
+    losses: list[float] = meta["meta_loss"]
+    bar = Progress(f"{r.method} meta-train", r.steps, done) if progress else None
+    t0, seconds0 = time.monotonic(), meta["seconds"]
+
+    def snapshot() -> dict:
+        return {**meta, "meta_loss": losses, "seconds": seconds0 + time.monotonic() - t0,
+                "clbench_version": _clbench_version(), "torch_version": torch.__version__, "device": device,
+                "threads": torch.get_num_threads()}
+
+    step = done
+    while step < r.steps:
+        losses.append(meta_step(model, opt, pool, gen, r))
+        step += 1
+        if bar:
+            bar.update(step, losses)
+        if step % checkpoint_every == 0 or step == r.steps or (stop_after and step - done >= stop_after):
+            save_state(d, step, model, opt, gen, snapshot())
+        if stop_after and step - done >= stop_after and step < r.steps:
+            return None, snapshot()
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    final = {**snapshot(), "steps_done": r.steps, "complete": True, "checkpoint_hash": weights_hash(state)}
+    _atomic_write(d / "model.safetensors", lambda p: save_file(state, p))
+    _atomic_write(d / "model.json", lambda p: Path(p).write_text(json.dumps(final)))
+    for old in d.glob("step-*"):
+        old.unlink(missing_ok=True)
+    return state, final
+
+
+def checkpoint_dir(cache_dir, method: str, key: dict) -> Path:
+    from clbench.data import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "checkpoints" / f"{method}-{key_hash(key)}"
+
+
+def locate(method: str, cfg, ctx) -> tuple[Recipe, dict, Path]:
+    """The recipe, checkpoint key and checkpoint folder for ``cfg`` in the context ``ctx``."""
+    from clbench import registry
+    from clbench.data import load_omniglot
+
+    r = registry.load(method).meta_recipe(cfg)
+    key = r.key(ctx.profile, load_omniglot(ctx.data_root, size=r.image_size).content_hash)
+    return r, key, checkpoint_dir(ctx.cache_dir, method, key)
+
+
+def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[dict, str]:
+    """The meta-trained weights for ``cfg`` (cached under ``ctx.cache_dir/checkpoints``) and their hash.
+
+    Meta-trains first when no finished checkpoint exists; a file lock makes a second process wait for
+    the first instead of training the same model twice. The key covers every field that changes the
+    weights (not the meta-test ones), the profile and the data's content hash.
+    """
+    from filelock import FileLock
+
+    r, key, d = locate(method, cfg, ctx)
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d / "lock")):
+        found = read_final(d)
+        if found is None:
+            found = train(r, d, key, data_root=ctx.data_root, device=ctx.device, progress=progress,
+                          checkpoint_every=getattr(cfg, "checkpoint_every", 500),
+                          extra_meta={"config": dataclasses.asdict(cfg)})
+    state, meta = found
+    return state, meta["checkpoint_hash"]
+
+
+def resolve_config(mod, profile: str, overrides: dict[str, Any]):
+    """Config defaults < the method's profile < ``overrides`` (the runner's rule, minus config files)."""
+    fields = {f.name for f in dataclasses.fields(mod.Config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {mod.SPEC.name} config field(s) {unknown}; known: {sorted(fields)}")
+    return mod.Config(**{**getattr(mod, "PROFILES", {}).get(profile, {}), **overrides})
+
+
+def main(args) -> int:
+    """``clbench meta-train``: reads args.method, steps, device, profile, data_root, seed (and, when
+    present, cache_dir and set = ["field=value", ...]); prints the checkpoint folder and hash."""
+    from clbench import registry
+    from clbench.data import DataError
+    from clbench.registry import BuildContext
+
+    mod = registry.load(args.method)
+    if not mod.SPEC.meta_learned:
+        print(f"error: '{args.method}' is not meta-learned; meta-train applies to anml and oml", file=sys.stderr)
+        return 2
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "set", None) or []:
+        k, _, v = item.partition("=")
+        try:
+            overrides[k] = json.loads(v)  # numbers, true/false
+        except json.JSONDecodeError:
+            overrides[k] = v  # plain strings
+    if args.steps is not None:
+        overrides["meta_steps"] = args.steps
+    if args.seed is not None:
+        overrides["meta_seed"] = args.seed
+    profile = args.profile or "default"
+    try:
+        cfg = resolve_config(mod, profile, overrides)
+        ctx = BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=args.device or "cpu", profile=profile,
+                           data_root=args.data_root, cache_dir=getattr(args, "cache_dir", None))
+        t0 = time.monotonic()
+        _, h = ensure_checkpoint(args.method, cfg, ctx)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    d = locate(args.method, cfg, ctx)[2]
+    print(f"{args.method}: checkpoint {h} in {d} ({time.monotonic() - t0:.0f} s)")
+    return 0

@@ -1,0 +1,193 @@
+"""From a run config to stored rows: validate, expand cells, select tuned fields, run, append.
+
+A cell is (method, length, seed). Its ``run_id`` hashes everything that determines its rows, so a
+re-run skips the cells already in the store and an interrupted run loses at most the cells in flight.
+Tuned fields (``SPEC.tuned``, e.g. the step size) are chosen per (method, length) on validation
+trajectories (seeds >= VALIDATION_SEED_BASE, disjoint from reported seeds), scored on training-image
+accuracy only; each choice is stored in ``selection.jsonl`` and reused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clbench import __version__, registry
+from clbench.config import RunConfig, config_dict, config_hash, resolve_method_config
+from clbench.data import default_cache_dir
+from clbench.errors import UsageError
+from clbench.executors import EXECUTORS, execute
+from clbench.metrics import bwt, forgetting
+from clbench.results import Row, Store
+from clbench.streams import PROTOCOL, PROTOCOL_VERSION, VALIDATION_SEED_BASE
+from clbench.trajectory import Job, Outcome
+
+POOL_SIZE = 659  # meta-test characters
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    n_classes: int
+    seed: int
+    config_hash: str
+    run_id: str
+
+
+def validate(rc: RunConfig) -> None:
+    if not rc.methods:
+        raise UsageError("no methods given; e.g. --methods naive,ewc")
+    registry.check_names(list(rc.methods))
+    if len(set(rc.methods)) != len(rc.methods):
+        raise UsageError(f"a method is listed twice in {','.join(rc.methods)}")
+    for n in rc.lengths:
+        if not 1 <= n <= POOL_SIZE:
+            raise UsageError(f"length {n} is outside 1..{POOL_SIZE}: the meta-test pool has {POOL_SIZE} "
+                             "characters (the paper's lengths go up to 600; --lengths paper)")
+    for s in rc.seeds:
+        if not 0 <= s < VALIDATION_SEED_BASE:
+            raise UsageError(f"seed {s} is outside 0..{VALIDATION_SEED_BASE - 1}; seeds from "
+                             f"{VALIDATION_SEED_BASE} on are reserved for validation trajectories")
+    if rc.executor not in EXECUTORS:
+        raise UsageError(f"unknown executor '{rc.executor}' (use one of {', '.join(EXECUTORS)})")
+    unknown = set(rc.method_overrides) - set(rc.methods)
+    if unknown:
+        raise UsageError(f"settings given for {sorted(unknown)}, which are not among --methods "
+                         f"{','.join(rc.methods)}")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def selection_grid(module) -> list[dict[str, Any]]:
+    tuned = module.SPEC.tuned
+    return [dict(zip(tuned, values, strict=True)) for values in itertools.product(*tuned.values())]
+
+
+def plan(rc: RunConfig) -> list[Cell]:
+    """Every cell of the run, in order (methods x lengths x seeds); resolves configs, so typos fail here."""
+    validate(rc)
+    cells = []
+    for method in rc.methods:
+        module = registry.load(method)
+        cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+        chash = config_hash(method, rc.profile, cfg)
+        grid = selection_grid(module) if rc.select else []
+        for n in rc.lengths:
+            for seed in rc.seeds:
+                spec = {"protocol": PROTOCOL, "version": PROTOCOL_VERSION, "method": method, "config": chash,
+                        "n": n, "seed": seed, "grid": grid, "val_seeds": rc.val_seeds if grid else 0,
+                        "matrix": n <= rc.matrix_max}
+                cells.append(Cell(method, n, seed, chash, _hash(spec)))
+    return cells
+
+
+def _job(rc: RunConfig, method: str, n: int, seed: int, extra: dict[str, Any] | None = None,
+         matrix: bool = True) -> Job:
+    return Job(method=method, profile=rc.profile, overrides={**rc.method_overrides.get(method, {}), **(extra or {})},
+               n_classes=n, seed=seed, device=rc.device, data_root=rc.data_root,
+               cache_dir=str(default_cache_dir()), matrix_max=rc.matrix_max if matrix else 0,
+               threads=rc.threads)
+
+
+def select(rc: RunConfig, store_dir: Path, method: str, n: int, progress) -> dict[str, Any]:
+    """The grid value with the best mean training accuracy on validation trajectories (cached)."""
+    module = registry.load(method)
+    grid = selection_grid(module)
+    if not grid:
+        return {}
+    cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+    val_seeds = [VALIDATION_SEED_BASE + i for i in range(rc.val_seeds)]
+    key = _hash({"method": method, "config": config_hash(method, rc.profile, cfg), "n": n, "grid": grid,
+                 "val_seeds": val_seeds})
+    cache = Store(store_dir, "selection.jsonl")
+    if cache.path.exists():
+        for line in cache.path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["key"] == key:
+                return rec["winner"]
+    jobs = [_job(rc, method, n, s, g, matrix=False) for g in grid for s in val_seeds]
+    scores: list[list[float]] = [[0.0] * len(val_seeds) for _ in grid]
+    for i, outcome in execute(jobs, rc.executor, rc.address):
+        gi, si = divmod(i, len(val_seeds))
+        scores[gi][si] = outcome.acc["train"] if outcome.status == "ok" else float("-inf")
+        progress(f"  select {method} n={n}: {grid[gi]} val seed {val_seeds[si]} train acc {scores[gi][si]:.3f}")
+    means = [sum(s) / len(s) for s in scores]
+    best = max(range(len(grid)), key=lambda i: (means[i], -i))  # ties go to the earlier grid value
+    rec = {"key": key, "method": method, "n_classes": n, "profile": rc.profile, "grid": grid,
+           "val_seeds": val_seeds, "scores": scores, "mean_train_acc": means, "winner": grid[best],
+           "scored_on": "train"}
+    with cache._lock(), open(cache.path, "a") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+    return grid[best]
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    import avalanche
+    import torch
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {"clbench_version": __version__, "git_sha": sha or "unknown", "torch_version": torch.__version__,
+            "avalanche_version": avalanche.__version__}
+
+
+def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outcome) -> list[Row]:
+    module = registry.load(cell.method)
+    cfg = resolve_method_config(module, rc.profile, {**rc.method_overrides.get(cell.method, {}), **selected})
+    R = outcome.matrix
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return [Row(
+        run_id=cell.run_id, protocol=PROTOCOL, protocol_version=PROTOCOL_VERSION, method=cell.method,
+        profile=rc.profile, config=config_dict(cfg), config_hash=cell.config_hash, n_classes=cell.n_classes,
+        classes_per_exp=1, seed=cell.seed, split=split, status=outcome.status, acc=outcome.acc[split],
+        n_samples=outcome.n_samples[split],
+        forgetting=forgetting(R) if R and split == "test" else None,
+        bwt=bwt(R) if R and split == "test" else None,
+        selected=selected, train_seconds=round(outcome.train_seconds, 3),
+        eval_seconds=round(outcome.eval_seconds, 3), peak_mem_mb=round(outcome.peak_mem_mb, 1),
+        stream_hash=outcome.stream_hash, data_hash=outcome.data_hash, checkpoint_hash=outcome.checkpoint_hash,
+        extra=outcome.extra.get(split, {}), device=rc.device, threads=outcome.threads, timestamp=now,
+        **_versions(),
+    ) for split in ("train", "test")]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(rc: RunConfig, progress=_stderr) -> Store:
+    """Run every cell not already stored; rows are appended as each cell finishes."""
+    cells = plan(rc)
+    store = Store(rc.out)
+    done = store.done_run_ids()
+    todo = [c for c in cells if c.run_id not in done]
+    progress(f"clbench: {len(cells)} cells, {len(cells) - len(todo)} already in {store.path}, {len(todo)} to run")
+    if not todo:
+        return store
+    rc.out.mkdir(parents=True, exist_ok=True)
+    selected = {}
+    for method, n in dict.fromkeys((c.method, c.n_classes) for c in todo):
+        selected[method, n] = select(rc, rc.out, method, n, progress) if rc.select else {}
+    jobs = [_job(rc, c.method, c.n_classes, c.seed, selected[c.method, c.n_classes]) for c in todo]
+    for k, (i, outcome) in enumerate(execute(jobs, rc.executor, rc.address), start=1):
+        cell = todo[i]
+        store.append(rows_for(rc, cell, selected[cell.method, cell.n_classes], outcome))
+        accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in outcome.acc.items())
+        progress(f"[{k}/{len(todo)}] {cell.method} n={cell.n_classes} seed={cell.seed} {accs} "
+                 f"({outcome.train_seconds:.1f}s train)")
+    return store
+

@@ -1,0 +1,161 @@
+"""What ANML and OML share: networks split into a fixed context and an inner-loop learner, and the
+head-only meta-test strategy.
+
+A meta-learned network here is ``learner(*context(x))``. ``context`` holds the parameters the inner
+loop never touches (ANML's neuromodulatory net, OML's representation net); ``learner`` holds the ones
+it does (ANML's whole prediction net, OML's prediction net). Meta-training (clbench/metatrain.py)
+computes the context once per batch of images and runs the inner loop functionally over
+``learner``'s parameters only; meta-test trains the final Linear (``head``) and nothing else.
+
+Every layer normalises per sample (InstanceNorm) or not at all, so a batched forward equals the
+per-image forward the reference code runs, and train/eval modes compute the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def init_kaiming(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """The references' init: kaiming-normal conv/linear weights, zero biases (norm affine stays 1/0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+def reset_rows(linear: nn.Linear, rows, generator: torch.Generator | None = None, bias: bool = False) -> None:
+    """Re-draw the given output rows of ``linear`` (kaiming normal, fan-in = in_features), in place.
+
+    Drawn on the CPU from ``generator`` and copied over, so the bits do not depend on the device.
+    """
+    with torch.no_grad():
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        std = (2.0 / linear.in_features) ** 0.5
+        new = torch.randn(len(rows), linear.in_features, generator=generator) * std
+        linear.weight[rows.to(linear.weight.device)] = new.to(linear.weight)
+        if bias:
+            linear.bias[rows.to(linear.bias.device)] = 0.0
+
+
+def anml_blocks(in_channels: int, channels: int) -> nn.Sequential:
+    """ANML's 3 conv blocks: 3x3 valid conv -> InstanceNorm(affine) -> ReLU, max-pool after blocks 1-2.
+
+    28x28 -> 26 -> 13 -> 11 -> 5 -> 3, so ``9 * channels`` features. The reference's BatchNorm runs
+    in training mode on single images, which is exactly InstanceNorm2d(affine=True) (REFERENCE.md).
+    """
+    layers: list[nn.Module] = []
+    c = in_channels
+    for i in range(3):
+        layers += [nn.Conv2d(c, channels, 3), nn.InstanceNorm2d(channels, affine=True), nn.ReLU()]
+        if i < 2:
+            layers.append(nn.MaxPool2d(2))
+        c = channels
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
+
+
+def _as_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The harness feeds grey images [B,1,H,W]; the reference nets read 3 identical channels."""
+    return x.expand(-1, channels, -1, -1) if x.shape[1] == 1 and channels > 1 else x
+
+
+class ANMLLearner(nn.Module):
+    """The prediction learning network: conv features, times the gate, -> Linear head."""
+
+    def __init__(self, in_channels: int, channels: int, n_outputs: int):
+        super().__init__()
+        self.features = anml_blocks(in_channels, channels)
+        self.head = nn.Linear(9 * channels, n_outputs)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x) * gate)
+
+
+class ANMLNet(nn.Module):
+    """Beaulieu et al. 2020: a neuromodulatory net gates the prediction net's last features."""
+
+    def __init__(self, in_channels: int = 3, nm_channels: int = 112, pln_channels: int = 256,
+                 n_outputs: int = 1000):
+        super().__init__()
+        self.in_channels = in_channels
+        self.nm = anml_blocks(in_channels, nm_channels)
+        self.gate = nn.Linear(9 * nm_channels, 9 * pln_channels)
+        self.learner = ANMLLearner(in_channels, pln_channels, n_outputs)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.learner.head
+
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _as_channels(x, self.in_channels)
+        return x, torch.sigmoid(self.gate(self.nm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.learner(*self.context(x))
+
+
+# OML's representation strides: the ANML paper's 28x28 variant and the OML paper's 84x84 original.
+OML_STRIDES = {28: (1, 1, 1, 2, 1, 2), 84: (2, 1, 2, 1, 2, 2)}
+
+
+class OMLNet(nn.Module):
+    """Javed & White 2019: a 6-conv representation (no norm) feeding a prediction net.
+
+    Both stride sets end at 3x3, so the representation has ``9 * channels`` features.
+    """
+
+    def __init__(self, image_size: int = 28, channels: int = 256, hidden: int = 0, n_outputs: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 1
+        for s in OML_STRIDES[image_size]:
+            layers += [nn.Conv2d(c, channels, 3, stride=s), nn.ReLU()]
+            c = channels
+        layers.append(nn.Flatten())
+        self.rep = nn.Sequential(*layers)
+        d = 9 * channels
+        # The current OML code's single Linear, or the paper-era 2304 -> 1024 -> 1000 (hidden=1024).
+        self.learner = (nn.Sequential(nn.Linear(d, n_outputs)) if hidden == 0 else
+                        nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs)))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.learner[-1]
+
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.rep(x),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.learner(*self.context(x))
+
+
+def build_meta_test(model: nn.Module, trainable: list[nn.Parameter], optimizer_name: str, lr: float,
+                    checkpoint_hash: str, ctx, train_mb_size: int = 1):
+    """A batch-1, one-pass Avalanche strategy that updates ``trainable`` and nothing else."""
+    from avalanche.training.templates import SupervisedTemplate
+
+    from methods._common import lean_kwargs, optimizer
+
+    class MetaTest(SupervisedTemplate):
+        def make_optimizer(self, **kwargs):
+            # Avalanche's default re-adds every model parameter to the optimiser before each
+            # experience, which would silently train the frozen context and features. Ours was built
+            # over the trainable parameters once and keeps its state across the whole stream.
+            pass
+
+        @torch.no_grad()
+        def predict(self, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+            self.model.eval()
+            return torch.cat([self.model(x[i:i + chunk].to(self.device)).cpu()
+                              for i in range(0, len(x), chunk)])
+
+    for p in model.parameters():
+        p.requires_grad_(False)  # no gradient is ever computed for the frozen parts
+    for p in trainable:
+        p.requires_grad_(True)
+    strategy = MetaTest(model=model, optimizer=optimizer(optimizer_name, trainable, lr),
+                        train_mb_size=train_mb_size, train_epochs=1, **lean_kwargs(ctx))
+    strategy.checkpoint_hash = checkpoint_hash
+    return strategy

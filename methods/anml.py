@@ -1,0 +1,85 @@
+"""ANML: A Neuromodulated Meta-Learning algorithm (Beaulieu et al., ECAI 2020, arXiv:2002.09571).
+
+A neuromodulatory (NM) net reads the image and emits a sigmoid gate that multiplies, element-wise,
+the last conv features of a prediction learning network (PLN) before its Linear head. The gate
+decides which features an image may use and hence which weights its gradient may change: selective
+plasticity, meta-learned against forgetting.
+
+- Meta-training (background pool, clbench/metatrain.py): per outer step one class, 20 inner SGD steps
+  at batch size 1 on its drawings update the whole PLN (convs, norms, head); the meta-loss on those
+  20 + 64 random background images trains the NM net *and* the PLN's initial weights (Adam).
+- Meta-test (this strategy): the NM net and the PLN convs are frozen; the head is re-initialised
+  (kaiming, bias 0) and alone learns the stream in one pass at batch size 1.
+
+Cost on this 2-core CPU (``torch.set_num_threads(2)``; measured, see PROFILES): paper size, second
+order, about ~PAPER_S s per outer step, i.e. hours for 20,000 steps: a GPU job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    # meta-test
+    lr: float = 3e-4  # head step size; chosen per length from SPEC.tuned on validation streams
+    optimizer: str = "adam"  # ref code's evaluate_classification.py uses Adam (the paper says SGD)
+    # network
+    in_channels: int = 3  # ref code repeats the grey image to 3 channels; 1 feeds it as is
+    nm_channels: int = 112  # paper / ref code
+    pln_channels: int = 256  # paper / ref code: 256 * 3 * 3 = 2304 features
+    n_outputs: int = 1000  # ref code's head: more units than any trajectory has classes
+    # meta-training (changes the checkpoint)
+    meta_steps: int = 20_000  # ref README: --steps 20000
+    inner_lr: float = 0.1  # ref README: --update_lr 0.1
+    meta_lr: float = 1e-3  # ref README: --meta_lr 0.001
+    inner_images: int = 20  # ref code: all 20 drawings of the class, one SGD step each
+    remember: int = 64  # ref code: 64 random background images join the meta-loss
+    first_order: bool = False  # the paper's second order; True reproduces the released code
+    meta_seed: int = 0  # meta-training seed, independent of the trajectory seed: one checkpoint serves all
+    checkpoint_every: int = 500  # resumable saves; does not change the weights
+
+
+# The reference's meta-test grid for Adam (ref code evaluate_classification.py, 14 values).
+LR_GRID = (1e-3, 6e-4, 4e-4, 3.5e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1e-4, 9e-5, 8e-5, 6e-5, 3e-5, 1e-5)
+
+SPEC = MethodSpec(name="anml", config=Config, tuned={"lr": LR_GRID}, meta_learned=True)
+
+PROFILES: dict[str, dict] = {
+    "ci": dict(),
+    "default": dict(),
+    "paper": dict(),  # the Config defaults are the reference settings
+}
+
+
+def meta_recipe(cfg: Config):
+    from clbench.metatrain import Recipe
+    from methods._metanets import ANMLNet
+
+    return Recipe(method="anml", arch=_arch(cfg), image_size=28, steps=cfg.meta_steps, inner_lr=cfg.inner_lr,
+                  meta_lr=cfg.meta_lr, inner_images=cfg.inner_images, remember=cfg.remember,
+                  first_order=cfg.first_order, seed=cfg.meta_seed, make_model=ANMLNet)
+
+
+def _arch(cfg: Config) -> dict:
+    return dict(in_channels=cfg.in_channels, nm_channels=cfg.nm_channels, pln_channels=cfg.pln_channels,
+                n_outputs=cfg.n_outputs)
+
+
+def build(cfg: Config, ctx: BuildContext):
+    import torch
+
+    from clbench.metatrain import ensure_checkpoint
+    from methods._metanets import ANMLNet, build_meta_test, reset_rows
+
+    if ctx.n_classes > cfg.n_outputs:
+        raise ValueError(f"ANML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
+    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
+    model = ANMLNet(**_arch(cfg))
+    model.load_state_dict(state)
+    # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.
+    reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
+    return build_meta_test(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)

@@ -1,0 +1,87 @@
+"""OML: Online-aware Meta-Learning (Javed & White, NeurIPS 2019, arXiv:1905.12588).
+
+A representation net (6 convs, ReLU, no normalisation) feeds a small prediction net (PLN). OML
+meta-learns the representation so that online, batch-1 SGD on the PLN alone learns new classes with
+little interference.
+
+- Meta-training (background pool, clbench/metatrain.py): per outer step one class, 20 inner SGD steps
+  at batch size 1 update only the PLN; the meta-loss on those 20 + 64 random background images trains
+  the representation and the PLN's initial weights (Adam), second order as in the current OML code.
+- Meta-test (this strategy): the representation is frozen; the PLN's output layer is re-initialised
+  (kaiming, bias 0) and the PLN learns the stream in one pass at batch size 1. With the paper-era
+  two-layer PLN the hidden layer keeps its meta-learned start and is fine-tuned too (REFERENCE.md).
+
+Two input variants: ``input_size=28`` with strides [1,1,1,2,1,2] (the ANML paper's OML, default) and
+``input_size=84`` with strides [2,1,2,1,2,2] (the OML paper's). Both give 3x3x256 = 2304 features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    # meta-test
+    lr: float = 3e-4  # PLN step size; chosen per length from SPEC.tuned on validation streams
+    optimizer: str = "adam"  # the OML/ANML evaluate_classification.py scripts use Adam
+    # network
+    input_size: int = 28  # 28: the ANML paper's OML variant; 84: the OML paper's (image_size() below)
+    channels: int = 256  # OML paper / code: 256 * 3 * 3 = 2304 features
+    hidden: int = 0  # 0: current OML code's single Linear; 1024: the paper-era 2304 -> 1024 -> 1000
+    n_outputs: int = 1000  # OML code's head
+    # meta-training (changes the checkpoint)
+    meta_steps: int = 15_000  # OML README: --steps 15000
+    inner_lr: float = 0.03  # OML README: --update_lr 0.03
+    meta_lr: float = 1e-4  # OML code's default --meta_lr
+    inner_images: int = 20  # OML README: --update_step 20, one drawing per step
+    remember: int = 64  # the meta-loss's random background images, as ANML's re-run of OML
+    first_order: bool = False  # the current OML code is second order
+    meta_seed: int = 0  # meta-training seed, independent of the trajectory seed
+    checkpoint_every: int = 500  # resumable saves; does not change the weights
+
+
+# The OML/ANML evaluation scripts' Adam grid (ANML ref code evaluate_classification.py, 14 values).
+LR_GRID = (1e-3, 6e-4, 4e-4, 3.5e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1e-4, 9e-5, 8e-5, 6e-5, 3e-5, 1e-5)
+
+SPEC = MethodSpec(name="oml", config=Config, tuned={"lr": LR_GRID}, meta_learned=True)
+
+PROFILES: dict[str, dict] = {
+    "ci": dict(),
+    "default": dict(),
+    "paper": dict(),
+}
+
+
+def image_size(cfg: Config) -> int:
+    return cfg.input_size
+
+
+def meta_recipe(cfg: Config):
+    from clbench.metatrain import Recipe
+    from methods._metanets import OMLNet
+
+    return Recipe(method="oml", arch=_arch(cfg), image_size=cfg.input_size, steps=cfg.meta_steps,
+                  inner_lr=cfg.inner_lr, meta_lr=cfg.meta_lr, inner_images=cfg.inner_images,
+                  remember=cfg.remember, first_order=cfg.first_order, seed=cfg.meta_seed, make_model=OMLNet)
+
+
+def _arch(cfg: Config) -> dict:
+    return dict(image_size=cfg.input_size, channels=cfg.channels, hidden=cfg.hidden, n_outputs=cfg.n_outputs)
+
+
+def build(cfg: Config, ctx: BuildContext):
+    import torch
+
+    from clbench.metatrain import ensure_checkpoint
+    from methods._metanets import OMLNet, build_meta_test, reset_rows
+
+    if ctx.n_classes > cfg.n_outputs:
+        raise ValueError(f"OML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
+    state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
+    model = OMLNet(**_arch(cfg))
+    model.load_state_dict(state)
+    reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
+    return build_meta_test(model, list(model.learner.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)

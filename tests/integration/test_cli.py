@@ -1,0 +1,96 @@
+"""End to end through ``clbench.cli.main``: real Omniglot, real Avalanche strategies."""
+
+import pytest
+
+from clbench.cli import main
+from clbench.results import Store
+
+FAST = ["--lengths", "10", "--seeds", "0,1", "--no-select", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["run", "--methods", "naive,oracle", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_rows_and_leaderboard(store):
+    rows = Store(store).rows()
+    assert len(rows) == 8  # 2 methods x 1 length x 2 seeds x 2 splits
+    assert {(r.method, r.seed, r.split) for r in rows} == {(m, s, p) for m in ("naive", "oracle") for s in (0, 1)
+                                                          for p in ("train", "test")}
+    for r in rows:
+        assert r.status == "ok" and 0 <= r.acc <= 1 and r.stream_hash and r.data_hash and r.git_sha
+        assert r.n_samples == (150 if r.split == "train" else 50)
+    acc = {(r.method, r.split): [] for r in rows}
+    for r in rows:
+        acc[r.method, r.split].append(r.acc)
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    assert mean["oracle", "test"] > mean["naive", "test"] + 0.3  # the i.i.d. upper bound is far above
+    assert mean["oracle", "train"] > 0.9
+    naive_test = [r for r in rows if r.method == "naive" and r.split == "test"]
+    assert all(r.forgetting is not None and r.bwt is not None for r in naive_test)
+    board = (store / "leaderboard.md").read_text()
+    assert "| chance (1/N) | 0.100 |" in board and "| oracle |" in board and "clbench run --methods" in board
+
+
+def test_rerun_skips_stored_cells(store, capsys):
+    before = (store / "results.jsonl").read_bytes()
+    assert main(["run", "--methods", "naive,oracle", *FAST, "--out", str(store)]) == 0
+    assert (store / "results.jsonl").read_bytes() == before
+    assert "4 already in" in capsys.readouterr().err
+
+
+def test_check_passes_then_catches_a_degraded_method(store, tmp_path, capsys):
+    ref = tmp_path / "ref.csv"
+    assert main(["check", "--store", str(store), "--reference", str(ref), "--update"]) == 0
+    assert main(["check", "--store", str(store), "--reference", str(ref)]) == 0
+    degraded = tmp_path / "degraded"
+    assert main(["run", "--methods", "naive,oracle", *FAST, "--set", "oracle.lr=0", "--out", str(degraded)]) == 0
+    capsys.readouterr()
+    assert main(["check", "--store", str(degraded), "--reference", str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  oracle [default] n=10 test" in out and "regressed" in out
+
+
+def test_same_seed_gives_identical_rows(store, tmp_path):
+    again = tmp_path / "again"
+    assert main(["run", "--methods", "naive", *FAST, "--out", str(again)]) == 0
+    def key(r):
+        return (r.seed, r.split)
+    first = sorted((r for r in Store(store).rows() if r.method == "naive"), key=key)
+    second = sorted(Store(again).rows(), key=key)
+    assert [(r.acc, r.forgetting, r.stream_hash, r.run_id) for r in first] == \
+           [(r.acc, r.forgetting, r.stream_hash, r.run_id) for r in second]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--methods", "naiv"], "did you mean 'naive'"),
+    (["--methods", "naive", "--lengths", "700"], "length 700 is outside 1..659"),
+    (["--methods", "naive", "--seeds", "10001"], "reserved for validation"),
+    (["--methods", "naive", "--set", "naive.lrr=1"], "did you mean 'lr'"),
+    (["--methods", "naive", "--data-root", "/nonexistent/omniglot"], "looked in /nonexistent/omniglot"),
+])
+def test_bad_input_is_one_line_and_touches_nothing(store, argv, message, capsys):
+    before = (store / "results.jsonl").read_bytes()
+    assert main(["run", *argv, "--out", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (store / "results.jsonl").read_bytes() == before
+
+
+def test_corrupt_png_fails_cleanly(store, copy_of_omniglot, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))  # force a decode of the damaged copy
+    victim = next((copy_of_omniglot / "omniglot-py" / "images_evaluation").glob("*/character02/*_07.png"))
+    original = victim.read_bytes()
+    victim.write_bytes(original[:20])
+    before = (store / "results.jsonl").read_bytes()
+    try:
+        code = main(["run", "--methods", "naive", *FAST, "--data-root", str(copy_of_omniglot), "--out", str(store)])
+    finally:
+        victim.write_bytes(original)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(victim) in err and len(err.splitlines()) == 1
+    assert (store / "results.jsonl").read_bytes() == before
