@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, help="TOML file with [run] and [methods.NAME] tables")
     r.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a method setting (repeatable); beats --config")
+    r.add_argument("--no-reference", dest="reference", action="store_const", const=False, default=None,
+                   help="do not add the reference rows (naive fine-tuning and the i.i.d. oracle)")
     r.add_argument("--no-select", dest="select", action="store_const", const=False, default=None,
                    help="use defaults instead of selecting tuned values on validation trajectories")
     r.add_argument("--val-seeds", type=int, default=None, help="validation trajectories per grid value [3]")
@@ -98,7 +100,7 @@ def _run_config(args) -> RunConfig:
             merged[key] = _ints(str(merged[key]), key)
         elif key in merged:
             merged[key] = tuple(merged[key])
-    for key in ("out", "profile", "device", "data_root", "select", "val_seeds", "matrix_max", "executor",
+    for key in ("out", "profile", "device", "data_root", "reference", "select", "val_seeds", "matrix_max", "executor",
                 "address", "threads"):
         if (value := getattr(args, key)) is not None:
             merged[key] = value

@@ -38,6 +38,7 @@ class RunConfig:
     profile: str = "default"  # ci | default | paper (meta-training budget, method widths)
     device: str = "cpu"
     data_root: str | None = None
+    reference: bool = True  # add naive and the i.i.d. oracle, so every table is calibrated
     select: bool = True  # choose tuned fields on validation streams (never on test images)
     val_seeds: int = 3  # validation trajectories per grid value
     matrix_max: int = 50  # compute the accuracy matrix R[t][u] up to this many classes

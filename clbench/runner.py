@@ -58,10 +58,10 @@ def validate(rc: RunConfig) -> None:
                              f"{VALIDATION_SEED_BASE} on are reserved for validation trajectories")
     if rc.executor not in EXECUTORS:
         raise UsageError(f"unknown executor '{rc.executor}' (use one of {', '.join(EXECUTORS)})")
-    unknown = set(rc.method_overrides) - set(rc.methods)
+    unknown = set(rc.method_overrides) - set(methods_of(rc))
     if unknown:
-        raise UsageError(f"settings given for {sorted(unknown)}, which are not among --methods "
-                         f"{','.join(rc.methods)}")
+        raise UsageError(f"settings given for {sorted(unknown)}, which are not among the methods run "
+                         f"({','.join(methods_of(rc))})")
 
 
 def _hash(obj: Any) -> str:
@@ -73,11 +73,19 @@ def selection_grid(module) -> list[dict[str, Any]]:
     return [dict(zip(tuned, values, strict=True)) for values in itertools.product(*tuned.values())]
 
 
+REFERENCE_METHODS = ("naive", "oracle")  # lower and upper bound, run beside every method (DESIGN.md)
+
+
+def methods_of(rc: RunConfig) -> tuple[str, ...]:
+    extra = tuple(m for m in REFERENCE_METHODS if rc.reference and m not in rc.methods)
+    return tuple(rc.methods) + extra
+
+
 def plan(rc: RunConfig) -> list[Cell]:
     """Every cell of the run, in order (methods x lengths x seeds); resolves configs, so typos fail here."""
     validate(rc)
     cells = []
-    for method in rc.methods:
+    for method in methods_of(rc):
         module = registry.load(method)
         cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
         chash = config_hash(method, rc.profile, cfg)

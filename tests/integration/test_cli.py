@@ -5,7 +5,7 @@ import pytest
 from clbench.cli import main
 from clbench.results import Store
 
-FAST = ["--lengths", "10", "--seeds", "0,1", "--no-select", "--threads", "1"]
+FAST = ["--lengths", "10", "--seeds", "0,1", "--no-select", "--no-reference", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
