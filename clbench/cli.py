@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from clbench import registry
-from clbench.config import PROFILES, RunConfig, merge_overrides, parse_set, read_config_file
+from clbench.config import PROFILE_RUN_DEFAULTS, PROFILES, RunConfig, merge_overrides, parse_set, read_config_file
 from clbench.data import DataError
 from clbench.errors import UsageError
 from clbench.streams import PAPER_LENGTHS
@@ -44,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run methods over trajectory lengths and seeds; rows go to OUT/results.jsonl")
-    r.add_argument("--methods", required=True, help="comma-separated, e.g. anml,oml,ewc (see `clbench ls`)")
-    r.add_argument("--lengths", default=None, help="e.g. 10,50 or 'paper' (10..600) [10,50]")
-    r.add_argument("--seeds", default=None, help="reported trajectories, e.g. 0,1,2 or 0-9 [0,1,2]")
+    r.add_argument("--methods", required=True, help="comma-separated, e.g. anml,oml,ewc, or 'all' (see `clbench ls`)")
+    r.add_argument("--lengths", default=None, help="e.g. 10,50 or 'paper' (10..600) [the profile's: 10,50]")
+    r.add_argument("--seeds", default=None, help="reported trajectories, e.g. 0,1,2 or 0-9 [the profile's: 0,1,2]")
     r.add_argument("--out", default=None, help="result directory [runs]")
     r.add_argument("--profile", default=None, choices=PROFILES, help="ci | default | paper [default]")
     r.add_argument("--device", default=None, help="cpu or cuda [cpu]")
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not add the reference rows (naive fine-tuning and the i.i.d. oracle)")
     r.add_argument("--no-select", dest="select", action="store_const", const=False, default=None,
                    help="use defaults instead of selecting tuned values on validation trajectories")
-    r.add_argument("--val-seeds", type=int, default=None, help="validation trajectories per grid value [3]")
+    r.add_argument("--val-seeds", type=int, default=None, help="validation trajectories per grid value [the profile's]")
     r.add_argument("--matrix-max", type=int, default=None, help="accuracy matrix up to this length [50]")
     r.add_argument("--executor", default=None, help="local | ray [local]")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
@@ -94,7 +94,10 @@ def _run_config(args) -> RunConfig:
     known = set(RunConfig.__dataclass_fields__) - {"methods", "method_overrides"}
     if unknown := set(run_file) - known:
         raise CLIError(f"config file [run]: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
-    merged = dict(run_file)
+    profile = args.profile or run_file.get("profile", "default")
+    if profile not in PROFILES:
+        raise CLIError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
+    merged = {**PROFILE_RUN_DEFAULTS[profile], **run_file}
     for key in ("lengths", "seeds"):
         if isinstance(merged.get(key), (str, int)):
             merged[key] = _ints(str(merged[key]), key)
@@ -111,6 +114,8 @@ def _run_config(args) -> RunConfig:
     if "out" in merged:
         merged["out"] = Path(merged["out"])
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if methods == ("all",):
+        methods = tuple(registry.names())
     overrides = merge_overrides(method_file, parse_set(args.set))
     return RunConfig(methods=methods, method_overrides=overrides, **merged)
 

@@ -21,6 +21,14 @@ import tomllib
 from clbench.errors import UsageError
 
 PROFILES = ("ci", "default", "paper")
+# What a profile sets for the run itself (lengths, seeds, validation draws), under the config file and CLI.
+PROFILE_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The CI regression gate: short lengths, three seeds, one validation trajectory per grid value.
+    "ci": {"lengths": (10, 50), "seeds": (0, 1, 2), "val_seeds": 1},
+    "default": {"lengths": (10, 50), "seeds": (0, 1, 2), "val_seeds": 3},
+    # The ANML paper's lengths; ten reported trajectories, selection on ten validation draws as its code does.
+    "paper": {"lengths": (10, 50, 75, 100, 150, 200, 300, 400, 500, 600), "seeds": tuple(range(10)), "val_seeds": 10},
+}
 
 
 class ConfigError(UsageError):

@@ -42,7 +42,8 @@ def test_bad_value_and_profile():
 def test_config_hash_separates_profiles_and_values():
     a = resolve_method_config(MOD, "default")
     assert config_hash("toy", "default", a) != config_hash("toy", "ci", a)
-    assert config_hash("toy", "default", a) != config_hash("toy", "default", resolve_method_config(MOD, "default", {"lr": 1}))
+    other = resolve_method_config(MOD, "default", {"lr": 1})
+    assert config_hash("toy", "default", a) != config_hash("toy", "default", other)
     assert config_hash("toy", "default", a) == config_hash("toy", "default", resolve_method_config(MOD, "default"))
 
 
