@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--data-root", default=None)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    m.add_argument("--out", default=None, help="checkpoint directory (default: the cache)")
+    m.add_argument("--cache-dir", default=None, help="checkpoints go under CACHE_DIR/checkpoints [$CLBENCH_CACHE]")
 
     sub.add_parser("ls", help="list methods and profiles")
 
