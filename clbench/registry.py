@@ -38,6 +38,10 @@ class MethodSpec:
     # Fields chosen per trajectory length on validation streams, with their grids (see selection).
     tuned: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     meta_learned: bool = False  # trains on the meta-train pool before meta-test
+    # True when a run of length n is exactly the first n experiences of any longer run with the same seed
+    # (online, one pass, nothing sized by the trajectory length): the runner then evaluates every length
+    # of a seed in one pass over the longest trajectory, since trajectories of one seed are nested.
+    nested: bool = False
 
 
 @dataclass(frozen=True)

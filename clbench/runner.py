@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,44 +100,63 @@ def plan(rc: RunConfig) -> list[Cell]:
     return cells
 
 
-def _job(rc: RunConfig, method: str, n: int, seed: int, extra: dict[str, Any] | None = None,
-         matrix: bool = True) -> Job:
-    return Job(method=method, profile=rc.profile, overrides={**rc.method_overrides.get(method, {}), **(extra or {})},
-               n_classes=n, seed=seed, device=rc.device, data_root=rc.data_root,
-               cache_dir=str(default_cache_dir()), matrix_max=rc.matrix_max if matrix else 0,
-               threads=rc.threads)
+def _jobs(rc: RunConfig, method: str, seed: int, lengths, extra: dict[str, Any] | None = None,
+          matrix: bool = True) -> list[Job]:
+    """One job over all ``lengths`` when the method is nested (one pass serves them all), else one each."""
+    lengths = sorted(set(lengths))
+    groups = [tuple(lengths)] if registry.load(method).SPEC.nested else [(n,) for n in lengths]
+    overrides = {**rc.method_overrides.get(method, {}), **(extra or {})}
+    return [Job(method=method, profile=rc.profile, overrides=overrides, lengths=g, seed=seed, device=rc.device,
+                data_root=rc.data_root, cache_dir=str(default_cache_dir()),
+                matrix_max=rc.matrix_max if matrix else 0, threads=rc.threads) for g in groups]
 
 
-def select(rc: RunConfig, store_dir: Path, method: str, n: int, progress) -> dict[str, Any]:
-    """The grid value with the best mean training accuracy on validation trajectories (cached)."""
+def _winner(grid: list[dict], scores: list[list[float]]) -> tuple[int, list[float]]:
+    means = [sum(s) / len(s) for s in scores]
+    return max(range(len(grid)), key=lambda i: (means[i], -i)), means  # ties go to the earlier grid value
+
+
+def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> dict[int, dict[str, Any]]:
+    """Per length, the grid value with the best mean training accuracy on validation trajectories.
+
+    Choices are cached in ``selection.jsonl`` (grid, validation seeds, every score, the winner).
+    """
     module = registry.load(method)
     grid = selection_grid(module)
     if not grid:
-        return {}
+        return {n: {} for n in lengths}
     cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
     val_seeds = [VALIDATION_SEED_BASE + i for i in range(rc.val_seeds)]
-    key = _hash({"method": method, "config": config_hash(method, rc.profile, cfg), "n": n, "grid": grid,
-                 "val_seeds": val_seeds})
+    base = {"method": method, "config": config_hash(method, rc.profile, cfg), "grid": grid, "val_seeds": val_seeds}
+    keys = {n: _hash({**base, "n": n}) for n in lengths}
     cache = Store(store_dir, "selection.jsonl")
+    known = {}
     if cache.path.exists():
-        for line in cache.path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec["key"] == key:
-                return rec["winner"]
-    jobs = [_job(rc, method, n, s, g, matrix=False) for g in grid for s in val_seeds]
-    scores: list[list[float]] = [[0.0] * len(val_seeds) for _ in grid]
-    for i, outcome in execute(jobs, rc.executor, rc.address):
-        gi, si = divmod(i, len(val_seeds))
-        scores[gi][si] = outcome.acc["train"] if outcome.status == "ok" else float("-inf")
-        progress(f"  select {method} n={n}: {grid[gi]} val seed {val_seeds[si]} train acc {scores[gi][si]:.3f}")
-    means = [sum(s) / len(s) for s in scores]
-    best = max(range(len(grid)), key=lambda i: (means[i], -i))  # ties go to the earlier grid value
-    rec = {"key": key, "method": method, "n_classes": n, "profile": rc.profile, "grid": grid,
-           "val_seeds": val_seeds, "scores": scores, "mean_train_acc": means, "winner": grid[best],
-           "scored_on": "train"}
-    with cache._lock(), open(cache.path, "a") as f:
-        f.write(json.dumps(rec, sort_keys=True) + "\n")
-    return grid[best]
+        known = {rec["key"]: rec["winner"] for rec in map(json.loads, cache.path.read_text().splitlines())}
+    missing = [n for n in lengths if keys[n] not in known]
+    if missing:
+        jobs, where = [], []
+        for gi, g in enumerate(grid):
+            for si, seed in enumerate(val_seeds):
+                for job in _jobs(rc, method, seed, missing, g, matrix=False):
+                    jobs.append(job)
+                    where.append((gi, si))
+        scores = {n: [[math.nan] * len(val_seeds) for _ in grid] for n in missing}
+        for i, outcomes in execute(jobs, rc.executor, rc.address):
+            gi, si = where[i]
+            for o in outcomes:
+                scores[o.n_classes][gi][si] = o.acc["train"] if o.status == "ok" else -math.inf
+            shown = " ".join(f"n={o.n_classes}:{scores[o.n_classes][gi][si]:.3f}" for o in outcomes)
+            progress(f"  select {method} {grid[gi]} val seed {val_seeds[si]}: train acc {shown}")
+        with cache._lock(), open(cache.path, "a") as f:
+            for n in missing:
+                best, means = _winner(grid, scores[n])
+                known[keys[n]] = grid[best]
+                f.write(json.dumps({"key": keys[n], "method": method, "n_classes": n, "profile": rc.profile,
+                                    "grid": grid, "val_seeds": val_seeds, "scores": scores[n],
+                                    "mean_train_acc": means, "winner": grid[best], "scored_on": "train"},
+                                   sort_keys=True) + "\n")
+    return {n: known[keys[n]] for n in lengths}
 
 
 @lru_cache(maxsize=1)
@@ -178,7 +198,7 @@ def _stderr(msg: str) -> None:
 
 
 def run(rc: RunConfig, progress=_stderr) -> Store:
-    """Run every cell not already stored; rows are appended as each cell finishes."""
+    """Run every cell not already stored; the rows of each job are appended as soon as it finishes."""
     cells = plan(rc)
     store = Store(rc.out)
     done = store.done_run_ids()
@@ -187,15 +207,29 @@ def run(rc: RunConfig, progress=_stderr) -> Store:
     if not todo:
         return store
     rc.out.mkdir(parents=True, exist_ok=True)
-    selected = {}
-    for method, n in dict.fromkeys((c.method, c.n_classes) for c in todo):
-        selected[method, n] = select(rc, rc.out, method, n, progress) if rc.select else {}
-    jobs = [_job(rc, c.method, c.n_classes, c.seed, selected[c.method, c.n_classes]) for c in todo]
-    for k, (i, outcome) in enumerate(execute(jobs, rc.executor, rc.address), start=1):
-        cell = todo[i]
-        store.append(rows_for(rc, cell, selected[cell.method, cell.n_classes], outcome))
-        accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in outcome.acc.items())
-        progress(f"[{k}/{len(todo)}] {cell.method} n={cell.n_classes} seed={cell.seed} {accs} "
-                 f"({outcome.train_seconds:.1f}s train)")
+    selected: dict[tuple[str, int], dict[str, Any]] = {}
+    for method in dict.fromkeys(c.method for c in todo):
+        lengths = sorted({c.n_classes for c in todo if c.method == method})
+        chosen = select(rc, rc.out, method, lengths, progress) if rc.select else {n: {} for n in lengths}
+        selected.update({(method, n): v for n, v in chosen.items()})
+    # Cells that share a method, seed and selected values form one job when the method is nested.
+    groups: dict[tuple, list[Cell]] = {}
+    for c in todo:
+        groups.setdefault((c.method, c.seed, json.dumps(selected[c.method, c.n_classes], sort_keys=True)), []).append(c)
+    jobs, job_cells = [], []
+    for (method, seed, chosen), group in groups.items():
+        for job in _jobs(rc, method, seed, [c.n_classes for c in group], json.loads(chosen)):
+            jobs.append(job)
+            job_cells.append({c.n_classes: c for c in group if c.n_classes in job.lengths})
+    k = 0
+    for i, outcomes in execute(jobs, rc.executor, rc.address):
+        rows = []
+        for o in outcomes:
+            cell = job_cells[i][o.n_classes]
+            rows += rows_for(rc, cell, selected[cell.method, cell.n_classes], o)
+            k += 1
+            accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in o.acc.items())
+            progress(f"[{k}/{len(todo)}] {cell.method} n={cell.n_classes} seed={cell.seed} {accs} "
+                     f"({o.train_seconds:.1f}s train)")
+        store.append(rows)
     return store
-

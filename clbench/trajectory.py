@@ -25,12 +25,14 @@ class Job:
     method: str
     profile: str
     overrides: dict[str, Any]  # config fields set on top of the profile (file, CLI, selection)
-    n_classes: int
+    # Lengths to evaluate, ascending. Several only for methods whose SPEC says they are nested: a run of
+    # length n is then exactly the first n experiences of the longest run, so one pass serves them all.
+    lengths: tuple[int, ...]
     seed: int
     device: str = "cpu"
     data_root: str | None = None
     cache_dir: str | None = None
-    matrix_max: int = 0  # compute R[t][u] on test images when n_classes <= matrix_max
+    matrix_max: int = 0  # compute R[t][u] on test images for lengths up to matrix_max
     classes_per_exp: int = 1
     # Torch threads: fixed per job because a different thread count changes the bits of the result.
     threads: int = 1
@@ -38,11 +40,12 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
+    n_classes: int
     status: str  # "ok" | "diverged"
     acc: dict[str, float | None]  # split -> accuracy
     n_samples: dict[str, int]
     matrix: list[list[float]] | None
-    train_seconds: float
+    train_seconds: float  # training time up to this length, evaluations excluded
     eval_seconds: float
     peak_mem_mb: float
     stream_hash: str
@@ -83,7 +86,8 @@ def predict(strategy, x, device: str):
     return torch.cat(out)
 
 
-def run_job(job: Job) -> Outcome:
+def run_job(job: Job) -> list[Outcome]:
+    """Train ``job.method`` on the trajectory of the longest length; evaluate at every length asked for."""
     import torch
     from avalanche.training.determinism.rng_manager import RNGManager
 
@@ -95,63 +99,73 @@ def run_job(job: Job) -> Outcome:
     # Avalanche 0.6 warns about its own deprecated internals on every experience.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     module = registry.load(job.method)
+    if len(job.lengths) > 1 and not module.SPEC.nested:
+        raise ValueError(f"{job.method} is not nested: one length per job")
     cfg = resolve_method_config(module, job.profile, job.overrides)
     size = module.image_size(cfg) if hasattr(module, "image_size") else 28
     data = _omniglot(job.data_root, size)
-    traj = make_trajectory(data.evaluation, job.n_classes, job.seed, job.classes_per_exp)
+    n_max = max(job.lengths)
+    traj = make_trajectory(data.evaluation, n_max, job.seed, job.classes_per_exp)
     bench = to_avalanche(traj)
     # After the benchmark and before the model, as Avalanche's determinism notes require.
     RNGManager.set_random_seeds(job.seed)
-    ctx = registry.BuildContext(n_classes=job.n_classes, classes_per_exp=job.classes_per_exp, seed=job.seed,
+    ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=job.classes_per_exp, seed=job.seed,
                                 device=job.device, profile=job.profile, data_root=job.data_root,
                                 cache_dir=Path(job.cache_dir) if job.cache_dir else None)
     strategy = module.build(cfg, ctx)
 
     x_test, y_test = to_tensor(traj.test_images), torch.from_numpy(traj.test_labels)
-    matrix: list[list[float]] | None = [] if job.n_classes <= job.matrix_max else None
-    matrix_seconds = 0.0
+    x_train, y_train = to_tensor(traj.train_images), torch.from_numpy(traj.train_labels)
+    # R[t][u] is kept while t < matrix_max; a length n gets the prefix R[:n] when n <= matrix_max.
+    matrix: list[list[float]] | None = [] if min(job.lengths) <= job.matrix_max else None
+    outcomes: list[Outcome] = []
+    start = time.perf_counter()
+    paused = 0.0  # time spent evaluating, not training
+
+    def evaluate(n: int) -> None:
+        t0 = time.perf_counter()
+        prefix = make_trajectory(data.evaluation, n, job.seed, job.classes_per_exp) if n < n_max else traj
+        acc: dict[str, float | None] = {}
+        n_samples: dict[str, int] = {}
+        extra: dict[str, dict[str, Any]] = {}
+        diverged = False
+        for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            x, y = x[y < n], y[y < n]
+            logits = predict(strategy, x, job.device)
+            finite = bool(torch.isfinite(logits[logits != -math.inf]).all())
+            diverged |= not finite
+            acc[split] = (logits.argmax(1) == y).float().mean().item() if finite else None
+            n_samples[split] = len(y)
+            if hasattr(strategy, "report"):
+                extra[split] = dict(strategy.report(x, y))
+        outcomes.append(Outcome(
+            n_classes=n, status="diverged" if diverged else "ok", acc=acc, n_samples=n_samples,
+            matrix=None if matrix is None or n > job.matrix_max else [row[:] for row in matrix[:prefix.n_experiences]],
+            train_seconds=t0 - start - paused, eval_seconds=time.perf_counter() - t0,
+            peak_mem_mb=_peak_mem_mb(job.device), stream_hash=prefix.hash, data_hash=data.content_hash,
+            checkpoint_hash=getattr(strategy, "checkpoint_hash", None), extra=extra,
+            threads=torch.get_num_threads()))
 
     def after_experience(t: int) -> None:
-        nonlocal matrix_seconds
-        if matrix is None:
-            return
-        start = time.perf_counter()
+        nonlocal paused
+        t0 = time.perf_counter()
         seen = traj.experience_classes(t).stop
-        mask = y_test < seen
-        correct = (predict(strategy, x_test[mask], job.device).argmax(1) == y_test[mask]).float()
-        exp_of = y_test[mask] // job.classes_per_exp
-        matrix.append([correct[exp_of == u].mean().item() for u in range(t + 1)])
-        matrix_seconds += time.perf_counter() - start
+        if matrix is not None and seen <= job.matrix_max:
+            mask = y_test < seen
+            correct = (predict(strategy, x_test[mask], job.device).argmax(1) == y_test[mask]).float()
+            exp_of = y_test[mask] // job.classes_per_exp
+            matrix.append([correct[exp_of == u].mean().item() for u in range(t + 1)])
+        paused += time.perf_counter() - t0
+        if seen in job.lengths and seen < n_max:
+            evaluate(seen)
+            paused += outcomes[-1].eval_seconds
 
     fit = getattr(module, "fit", None)
-    start = time.perf_counter()
     if fit is not None:
         fit(strategy, bench, after_experience)
     else:
         for t, exp in enumerate(bench.train_stream):
             strategy.train(exp)
             after_experience(t)
-    train_seconds = time.perf_counter() - start - matrix_seconds
-
-    start = time.perf_counter()
-    acc: dict[str, float | None] = {}
-    n_samples: dict[str, int] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    diverged = False
-    for split, images, labels in (("train", traj.train_images, traj.train_labels),
-                                  ("test", traj.test_images, traj.test_labels)):
-        x, y = to_tensor(images), torch.from_numpy(labels)
-        logits = predict(strategy, x, job.device)
-        finite = bool(torch.isfinite(logits[logits != -math.inf]).all())
-        diverged |= not finite
-        acc[split] = (logits.argmax(1) == y).float().mean().item() if finite else None
-        n_samples[split] = len(y)
-        if hasattr(strategy, "report"):
-            extra[split] = dict(strategy.report(x, y))
-    eval_seconds = time.perf_counter() - start
-    return Outcome(
-        status="diverged" if diverged else "ok", acc=acc, n_samples=n_samples, matrix=matrix,
-        train_seconds=train_seconds, eval_seconds=eval_seconds, peak_mem_mb=_peak_mem_mb(job.device),
-        stream_hash=traj.hash, data_hash=data.content_hash,
-        checkpoint_hash=getattr(strategy, "checkpoint_hash", None), extra=extra, threads=torch.get_num_threads(),
-    )
+    evaluate(n_max)
+    return outcomes

@@ -23,10 +23,11 @@ class Config:
     decay_factor: float = 0.9  # online EWC's gamma (Schwarz et al. 2018 use values just below 1)
     train_mb_size: int = 1  # the ANML/OML protocol
     train_epochs: int = 1
-    width: int = 64
+    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
-SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": LR_GRID})
+SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": LR_GRID}, nested=True)
 
 
 def build(cfg: Config, ctx: BuildContext):
@@ -34,7 +35,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     from methods._common import convnet, lean_kwargs, optimizer
 
-    model = convnet(ctx.n_classes, cfg.width)
+    model = convnet(cfg.n_outputs, cfg.width)
     return EWC(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
                ewc_lambda=cfg.ewc_lambda, mode="online", decay_factor=cfg.decay_factor,
                keep_importance_data=False, train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs,

@@ -20,9 +20,10 @@ class Config:
     train_mb_size: int = 1  # the ANML/OML protocol: one image per step
     train_epochs: int = 1  # one pass over the stream
     width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
-SPEC = MethodSpec(name="naive", config=Config, tuned={"lr": LR_GRID})
+SPEC = MethodSpec(name="naive", config=Config, tuned={"lr": LR_GRID}, nested=True)
 
 
 def build(cfg: Config, ctx: BuildContext):
@@ -30,6 +31,6 @@ def build(cfg: Config, ctx: BuildContext):
 
     from methods._common import convnet, lean_kwargs, optimizer
 
-    model = convnet(ctx.n_classes, cfg.width)
+    model = convnet(cfg.n_outputs, cfg.width)
     return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
                  train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))

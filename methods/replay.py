@@ -21,10 +21,11 @@ class Config:
     mem_size: int = 200  # the OML paper's replay buffer size
     train_mb_size: int = 1  # current images per step (the protocol's batch size 1)
     train_epochs: int = 1
-    width: int = 64
+    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
-SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": LR_GRID})
+SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": LR_GRID}, nested=True)
 
 
 def build(cfg: Config, ctx: BuildContext):
@@ -34,7 +35,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     from methods._common import convnet, lean_kwargs, optimizer
 
-    model = convnet(ctx.n_classes, cfg.width)
+    model = convnet(cfg.n_outputs, cfg.width)
     replay = ReplayPlugin(mem_size=cfg.mem_size, storage_policy=ReservoirSamplingBuffer(cfg.mem_size))
     return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
                  train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[replay],

@@ -98,3 +98,20 @@ def test_leaderboard_plot_is_a_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "lb.md").read_text()
     assert "| naive | 0.400 ± 0.010 | 0.360 ± 0.010 |" in md and "[0.875, 0.925] (n=3)" in md
+
+
+@pytest.mark.parametrize("method", ["naive", "replay"])
+def test_one_nested_pass_equals_separate_runs(data_root, method):
+    """Trajectories of a seed are nested, so evaluating length 10 inside a 20-class run is exact."""
+    from clbench.trajectory import Job, run_job
+
+    def job(lengths):
+        return Job(method=method, profile="default", overrides={}, lengths=lengths, seed=4, data_root=data_root,
+                   matrix_max=50, threads=1)
+
+    together = {o.n_classes: o for o in run_job(job((10, 20)))}
+    for n in (10, 20):
+        (alone,) = run_job(job((n,)))
+        assert (together[n].acc, together[n].matrix, together[n].stream_hash) == \
+               (alone.acc, alone.matrix, alone.stream_hash)
+        assert len(alone.matrix) == n
