@@ -79,9 +79,13 @@ class Store:
         return FileLock(str(self.path) + ".lock", timeout=600)
 
     def append(self, rows: list[Row]) -> None:
-        if not rows:
+        self.append_json([json.loads(r.to_json()) for r in rows])
+
+    def append_json(self, records: list[dict[str, Any]]) -> None:
+        """Append records as JSON lines in one write, under the lock (also for selection records)."""
+        if not records:
             return
-        data = "".join(r.to_json() + "\n" for r in rows).encode()
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
         with self._lock():
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:

@@ -119,44 +119,53 @@ def _winner(grid: list[dict], scores: list[list[float]]) -> tuple[int, list[floa
 def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> dict[int, dict[str, Any]]:
     """Per length, the grid value with the best mean training accuracy on validation trajectories.
 
-    Choices are cached in ``selection.jsonl`` (grid, validation seeds, every score, the winner).
+    Every validation score is appended to ``validation.jsonl`` as soon as its job ends, so an interrupted
+    selection resumes where it stopped; each choice (grid, validation seeds, scores, winner) goes to
+    ``selection.jsonl``.
     """
     module = registry.load(method)
     grid = selection_grid(module)
     if not grid:
         return {n: {} for n in lengths}
     cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+    chash = config_hash(method, rc.profile, cfg)
     val_seeds = [VALIDATION_SEED_BASE + i for i in range(rc.val_seeds)]
-    base = {"method": method, "config": config_hash(method, rc.profile, cfg), "grid": grid, "val_seeds": val_seeds}
-    keys = {n: _hash({**base, "n": n}) for n in lengths}
-    cache = Store(store_dir, "selection.jsonl")
-    known = {}
-    if cache.path.exists():
-        known = {rec["key"]: rec["winner"] for rec in map(json.loads, cache.path.read_text().splitlines())}
-    missing = [n for n in lengths if keys[n] not in known]
-    if missing:
-        jobs, where = [], []
-        for gi, g in enumerate(grid):
-            for si, seed in enumerate(val_seeds):
-                for job in _jobs(rc, method, seed, missing, g, matrix=False):
-                    jobs.append(job)
-                    where.append((gi, si))
-        scores = {n: [[math.nan] * len(val_seeds) for _ in grid] for n in missing}
-        for i, outcomes in execute(jobs, rc.executor, rc.address):
-            gi, si = where[i]
-            for o in outcomes:
-                scores[o.n_classes][gi][si] = o.acc["train"] if o.status == "ok" else -math.inf
-            shown = " ".join(f"n={o.n_classes}:{scores[o.n_classes][gi][si]:.3f}" for o in outcomes)
-            progress(f"  select {method} {grid[gi]} val seed {val_seeds[si]}: train acc {shown}")
-        with cache._lock(), open(cache.path, "a") as f:
-            for n in missing:
-                best, means = _winner(grid, scores[n])
-                known[keys[n]] = grid[best]
-                f.write(json.dumps({"key": keys[n], "method": method, "n_classes": n, "profile": rc.profile,
-                                    "grid": grid, "val_seeds": val_seeds, "scores": scores[n],
-                                    "mean_train_acc": means, "winner": grid[best], "scored_on": "train"},
-                                   sort_keys=True) + "\n")
-    return {n: known[keys[n]] for n in lengths}
+
+    def key(g: dict, seed: int, n: int) -> str:
+        return _hash({"method": method, "config": chash, "values": g, "seed": seed, "n": n})
+
+    validation = Store(store_dir, "validation.jsonl")
+    scores: dict[str, float] = {}
+    if validation.path.exists():
+        scores = {rec["key"]: rec["train_acc"] for rec in map(json.loads, validation.path.read_text().splitlines())}
+    jobs, where = [], []
+    for gi, g in enumerate(grid):
+        for seed in val_seeds:
+            todo = [n for n in lengths if key(g, seed, n) not in scores]
+            for job in _jobs(rc, method, seed, todo, g, matrix=False) if todo else []:
+                jobs.append(job)
+                where.append(gi)
+    for i, outcomes in execute(jobs, rc.executor, rc.address):
+        g, seed = grid[where[i]], jobs[i].seed
+        recs = [{"key": key(g, seed, o.n_classes), "method": method, "config_hash": chash, "values": g,
+                 "seed": seed, "n_classes": o.n_classes, "status": o.status,
+                 "train_acc": o.acc["train"] if o.status == "ok" else -math.inf} for o in outcomes]
+        validation.append_json(recs)
+        scores.update((r["key"], r["train_acc"]) for r in recs)
+        shown = " ".join(f"n={r['n_classes']}:{r['train_acc']:.3f}" for r in recs)
+        progress(f"  select {method} {g} val seed {seed}: train acc {shown}")
+    chosen = {}
+    records = []
+    for n in lengths:
+        table = [[scores[key(g, seed, n)] for seed in val_seeds] for g in grid]
+        best, means = _winner(grid, table)
+        chosen[n] = grid[best]
+        records.append({"method": method, "config_hash": chash, "n_classes": n, "profile": rc.profile, "grid": grid,
+                        "val_seeds": val_seeds, "scores": table, "mean_train_acc": means, "winner": grid[best],
+                        "scored_on": "train"})
+    if jobs:
+        Store(store_dir, "selection.jsonl").append_json(records)
+    return chosen
 
 
 @lru_cache(maxsize=1)
