@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--output", default=None, help="write the markdown here (default: stdout)")
     lb.add_argument("--plot", default=None, help="also write a PNG plot of test accuracy vs classes")
 
+    pf = sub.add_parser("perf", help="results/perf.md from the benchmarks' pytest-benchmark JSON")
+    pf.add_argument("--json", default="results/perf.json", help="pytest-benchmark JSON [results/perf.json]")
+    pf.add_argument("--output", default="results/perf.md", help="markdown to write [results/perf.md]")
+
     c = sub.add_parser("check", help="compare stored results with a reference file (exit 0 ok, 1 regressed, 2 usage)")
     c.add_argument("--store", default="runs")
     c.add_argument("--reference", required=True)
@@ -218,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             from clbench import metatrain
 
             return metatrain.main(args)
+        if args.command == "perf":
+            from clbench import perf
+
+            return perf.main(["--json", args.json, "--output", args.output])
         if args.command == "ls":
             return _cmd_ls(args)
         if args.command == "leaderboard":
