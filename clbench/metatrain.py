@@ -52,6 +52,14 @@ class Recipe:
     seed: int
     make_model: Callable[..., Any] = dataclasses.field(compare=False, repr=False)
 
+    def __post_init__(self):
+        from clbench.errors import UsageError
+
+        if not 1 <= self.inner_images <= IMAGES_PER_CLASS:
+            raise UsageError(f"inner_images={self.inner_images}: a class has {IMAGES_PER_CLASS} drawings (1..20)")
+        if self.remember < 0 or self.steps < 0:
+            raise UsageError(f"remember ({self.remember}) and meta_steps ({self.steps}) cannot be negative")
+
     def key(self, profile: str, data_hash: str) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "make_model"}
         return {"format": FORMAT, "profile": profile, "data": data_hash, **d}
@@ -234,11 +242,11 @@ class Progress:
 
 
 def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu", checkpoint_every: int = 500,
-          stop_after: int | None = None, progress: bool = True, extra_meta: dict | None = None):
+          progress: bool = True, extra_meta: dict | None = None):
     """Meta-train ``r`` into folder ``d``, resuming from its newest state; returns (state_dict, meta).
 
-    ``stop_after`` ends the run early after that many steps of this call, leaving a resumable state
-    (used to test resumption; an interrupted process leaves the state of its last save).
+    An interrupted run leaves the state of its last save; calling ``train`` again goes on from there
+    and reaches the same weights as a run never interrupted (same device and thread count).
     """
     import torch
 
@@ -271,10 +279,8 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
         step += 1
         if bar:
             bar.update(step, losses)
-        if step % checkpoint_every == 0 or step == r.steps or (stop_after and step - done >= stop_after):
+        if step % checkpoint_every == 0 and step < r.steps:
             save_state(d, step, model, opt, gen, snapshot())
-        if stop_after and step - done >= stop_after and step < r.steps:
-            return None, snapshot()
 
     from safetensors.torch import save_file
 
@@ -325,47 +331,39 @@ def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[
     return state, meta["checkpoint_hash"]
 
 
-def resolve_config(mod, profile: str, overrides: dict[str, Any]):
-    """Config defaults < the method's profile < ``overrides`` (the runner's rule, minus config files)."""
-    fields = {f.name for f in dataclasses.fields(mod.Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown {mod.SPEC.name} config field(s) {unknown}; known: {sorted(fields)}")
-    return mod.Config(**{**getattr(mod, "PROFILES", {}).get(profile, {}), **overrides})
-
-
 def main(args) -> int:
-    """``clbench meta-train``: reads args.method, steps, device, profile, data_root, seed (and, when
-    present, cache_dir and set = ["field=value", ...]); prints the checkpoint folder and hash."""
+    """``clbench meta-train``: reads args.method, steps, device, profile, data_root, seed, set
+    (["FIELD=VALUE", ...]) and cache_dir; meta-trains (or finds) the checkpoint and prints where it is."""
     from clbench import registry
+    from clbench.config import resolve_method_config
     from clbench.data import DataError
+    from clbench.errors import UsageError
     from clbench.registry import BuildContext
 
-    mod = registry.load(args.method)
-    if not mod.SPEC.meta_learned:
-        print(f"error: '{args.method}' is not meta-learned; meta-train applies to anml and oml", file=sys.stderr)
-        return 2
-    overrides: dict[str, Any] = {}
-    for item in getattr(args, "set", None) or []:
-        k, _, v = item.partition("=")
-        try:
-            overrides[k] = json.loads(v)  # numbers, true/false
-        except json.JSONDecodeError:
-            overrides[k] = v  # plain strings
-    if args.steps is not None:
-        overrides["meta_steps"] = args.steps
-    if args.seed is not None:
-        overrides["meta_seed"] = args.seed
-    profile = args.profile or "default"
     try:
-        cfg = resolve_config(mod, profile, overrides)
+        mod = registry.load(args.method)
+        if not mod.SPEC.meta_learned:
+            raise UsageError(f"'{args.method}' is not meta-learned; meta-train applies to anml and oml")
+        overrides: dict[str, Any] = {}
+        for item in getattr(args, "set", None) or []:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+            overrides[k.strip()] = v.strip()
+        if args.steps is not None:
+            overrides["meta_steps"] = args.steps
+        if args.seed is not None:
+            overrides["meta_seed"] = args.seed
+        profile = args.profile or "default"
+        cfg = resolve_method_config(mod, profile, overrides)
+        cache_dir = getattr(args, "cache_dir", None)
         ctx = BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=args.device or "cpu", profile=profile,
-                           data_root=args.data_root, cache_dir=getattr(args, "cache_dir", None))
+                           data_root=args.data_root, cache_dir=Path(cache_dir) if cache_dir else None)
         t0 = time.monotonic()
         _, h = ensure_checkpoint(args.method, cfg, ctx)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        d = locate(args.method, cfg, ctx)[2]
+    except (UsageError, DataError) as e:
+        print(f"clbench: error: {e}", file=sys.stderr)
         return 2
-    d = locate(args.method, cfg, ctx)[2]
     print(f"{args.method}: checkpoint {h} in {d} ({time.monotonic() - t0:.0f} s)")
     return 0

@@ -15,7 +15,6 @@ from torch import nn
 
 from clbench.registry import BuildContext
 
-
 # Step sizes tried per length on validation streams (half-decades around the usual 0.01 for SGD at batch
 # size 1); the small end matters: one-class experiences overwrite the head at large steps.
 LR_GRID = (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
@@ -56,6 +55,8 @@ def lean_kwargs(ctx: BuildContext) -> dict:
     from avalanche.training.plugins import EvaluationPlugin
 
     class Silent(EvaluationPlugin):
+        silent_while_training = True  # methods._lean skips its per-step callbacks altogether
+
         # Even an inactive evaluator copies the experience on every callback (~10% of a batch-1 step).
         def _update_metrics_and_loggers(self, strategy, callback):
             return []

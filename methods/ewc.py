@@ -31,12 +31,15 @@ SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": LR_GRID}, nested=True)
 
 
 def build(cfg: Config, ctx: BuildContext):
-    from avalanche.training.supervised import EWC
+    from avalanche.training.plugins import EWCPlugin
+    from avalanche.training.templates import SupervisedTemplate
 
     from methods._common import convnet, lean_kwargs, optimizer
+    from methods._lean import lean
 
     model = convnet(cfg.n_outputs, cfg.width)
-    return EWC(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-               ewc_lambda=cfg.ewc_lambda, mode="online", decay_factor=cfg.decay_factor,
-               keep_importance_data=False, train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs,
-               **lean_kwargs(ctx))
+    ewc = lean(EWCPlugin)(cfg.ewc_lambda, mode="online", decay_factor=cfg.decay_factor, keep_importance_data=False)
+    # What Avalanche's EWC strategy is: the supervised template with an EWCPlugin (here its lean version).
+    return lean(SupervisedTemplate)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                                    train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[ewc],
+                                    **lean_kwargs(ctx))

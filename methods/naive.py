@@ -30,7 +30,8 @@ def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.supervised import Naive
 
     from methods._common import convnet, lean_kwargs, optimizer
+    from methods._lean import lean
 
     model = convnet(cfg.n_outputs, cfg.width)
-    return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-                 train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))
+    return lean(Naive)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                       train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))

@@ -13,6 +13,9 @@ little interference.
 
 Two input variants: ``input_size=28`` with strides [1,1,1,2,1,2] (the ANML paper's OML, default) and
 ``input_size=84`` with strides [2,1,2,1,2,2] (the OML paper's). Both give 3x3x256 = 2304 features.
+
+Meta-training cost per outer step on the 2-core development CPU, one thread: ci network (32 channels)
+about 0.11 s of CPU (600 steps: 65 s), default (64 channels) about 0.33 s (1,000 steps: 5.5 min).
 """
 
 from __future__ import annotations
@@ -43,15 +46,20 @@ class Config:
     checkpoint_every: int = 500  # resumable saves; does not change the weights
 
 
-# The OML/ANML evaluation scripts' Adam grid (ANML ref code evaluate_classification.py, 14 values).
-LR_GRID = (1e-3, 6e-4, 4e-4, 3.5e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1e-4, 9e-5, 8e-5, 6e-5, 3e-5, 1e-5)
+# The reference's meta-test grid for Adam (ANML ref code evaluate_classification.py, 14 values from
+# 1e-3 to 1e-5) plus 1e-2 and 3e-3: the narrower ci/default networks learn best there (measured).
+LR_GRID = (1e-2, 3e-3, 1e-3, 6e-4, 4e-4, 3.5e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1e-4, 9e-5, 8e-5, 6e-5, 3e-5, 1e-5)
 
-SPEC = MethodSpec(name="oml", config=Config, tuned={"lr": LR_GRID}, meta_learned=True)
+# nested: one pass, a fixed 1000-unit head; a run of length n is the start of any longer one.
+SPEC = MethodSpec(name="oml", config=Config, tuned={"lr": LR_GRID}, meta_learned=True, nested=True)
 
+# Reduced width and steps for a CPU; a 10x larger meta step than the reference's 1e-4, which barely
+# moves in a few hundred steps (measured: 0.35 vs 0.58 at 10 classes after 300 steps). Test accuracy
+# on 10/50-class trajectories, 3 seeds: ci 0.65 / 0.37, default 0.80 / 0.64 (naive, EWC <= 0.22 / 0.05).
 PROFILES: dict[str, dict] = {
-    "ci": dict(),
-    "default": dict(),
-    "paper": dict(),
+    "ci": dict(channels=32, meta_steps=600, meta_lr=1e-3, lr=1e-2),
+    "default": dict(channels=64, meta_steps=1000, meta_lr=1e-3, lr=3e-3),
+    "paper": dict(),  # the Config defaults are the reference settings
 }
 
 

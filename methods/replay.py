@@ -34,9 +34,11 @@ def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.supervised import Naive
 
     from methods._common import convnet, lean_kwargs, optimizer
+    from methods._lean import lean
 
     model = convnet(cfg.n_outputs, cfg.width)
-    replay = ReplayPlugin(mem_size=cfg.mem_size, storage_policy=ReservoirSamplingBuffer(cfg.mem_size))
-    return Naive(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-                 train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[replay],
-                 **lean_kwargs(ctx))
+    buffer = lean(ReservoirSamplingBuffer)(cfg.mem_size)
+    replay = lean(ReplayPlugin)(mem_size=cfg.mem_size, storage_policy=buffer)
+    return lean(Naive)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
+                       train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[replay],
+                       **lean_kwargs(ctx))

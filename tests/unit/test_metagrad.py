@@ -36,14 +36,14 @@ def _directional(model, r, x, y, v, eps=1e-6):
     params = list(model.parameters())
     model.zero_grad()
     meta_objective(model, x, y, r).backward()
-    analytic = sum((p.grad * d).sum() for p, d in zip(params, v)).item()
+    analytic = sum((p.grad * d).sum() for p, d in zip(params, v, strict=True)).item()
     with torch.no_grad():
         vals = []
         for sign in (1, -1):
-            for p, d in zip(params, v):
+            for p, d in zip(params, v, strict=True):
                 p.add_(sign * eps * d)
             vals.append(meta_objective(model, x, y, r).item())
-            for p, d in zip(params, v):
+            for p, d in zip(params, v, strict=True):
                 p.sub_(sign * eps * d)
     return analytic, (vals[0] - vals[1]) / (2 * eps)
 
@@ -73,7 +73,7 @@ def test_first_order_ignores_the_inner_loops_dependence_on_context_params(method
     meta_objective(model, x, y, r2).backward()
     g2 = [p.grad.clone() for n, p in model.named_parameters() if not n.startswith("learner.")]
     assert sum(a.abs().sum() for a in g1) > 0
-    assert any(not torch.allclose(a, b) for a, b in zip(g1, g2))
+    assert any(not torch.allclose(a, b) for a, b in zip(g1, g2, strict=True))
 
 
 @pytest.mark.parametrize("method", ["anml", "oml"])

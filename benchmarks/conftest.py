@@ -1,0 +1,73 @@
+"""Speed benchmarks (pytest-benchmark): they time and report, and never fail on a timing.
+
+Run them all with one command (never collected by the plain ``pytest``, whose testpaths is ``tests``):
+
+    uv run pytest benchmarks --benchmark-only --benchmark-json=results/perf.json
+    uv run clbench perf --json results/perf.json --output results/perf.md
+
+Everything runs on one torch thread (the harness's per-job default), so figures compare across
+machines with different core counts; the thread count, load average and library versions go into the
+JSON's ``machine_info``. Knobs for a quick try (the committed figures use the defaults):
+``CLBENCH_BENCH_CLASSES`` (trajectory length, 600) and ``CLBENCH_BENCH_ROUNDS`` (rounds of the long
+benchmarks, 1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CLBENCH_DATA", str((ROOT / ".." / "shared" / "data" / "omniglot").resolve()))
+os.environ.setdefault("CLBENCH_CACHE", str(ROOT / ".cache" / "clbench"))
+
+THREADS = 1
+N_CLASSES = int(os.environ.get("CLBENCH_BENCH_CLASSES", "600"))  # the ANML paper's longest trajectory
+LONG_ROUNDS = int(os.environ.get("CLBENCH_BENCH_ROUNDS", "1"))  # a 600-class run takes minutes
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import avalanche
+    import torch
+
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["torch_version"] = torch.__version__
+    machine_info["avalanche_version"] = avalanche.__version__
+    machine_info["cpus_available"] = len(os.sched_getaffinity(0))
+    machine_info["loadavg_at_end"] = list(os.getloadavg())  # written when the run ends
+
+
+@pytest.fixture(scope="session", autouse=True)
+def threads() -> int:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    return THREADS
+
+
+@pytest.fixture(scope="session")
+def n_classes() -> int:
+    return N_CLASSES
+
+
+@pytest.fixture(scope="session")
+def long_rounds() -> int:
+    return LONG_ROUNDS
+
+
+@pytest.fixture(scope="session")
+def omniglot():
+    """The 28 px pools, decoded once: the packed-array cache is warm for every benchmark."""
+    from clbench.data import load_omniglot
+
+    return load_omniglot(os.environ["CLBENCH_DATA"], size=28)
+
+
+@pytest.fixture
+def load(benchmark):
+    """Records the load average around a benchmark, so a busy machine shows in the report."""
+    benchmark.extra_info["loadavg_before"] = list(os.getloadavg())
+    yield
+    benchmark.extra_info["loadavg_after"] = list(os.getloadavg())

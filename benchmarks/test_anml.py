@@ -1,0 +1,36 @@
+"""ANML/OML speed: placeholders, filled by the ANML/OML part of issue 7.
+
+Keep the names: ``clbench/perf.py`` sets these benchmarks beside the reference figures of
+REFERENCE.md ("Reference speed"). When one call times several steps, set
+``benchmark.extra_info["units"]`` to their number: the report then compares the time per step.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+PENDING = pytest.mark.skip(reason="placeholder: filled by the ANML/OML part of issue 7")
+
+
+@PENDING
+@pytest.mark.parametrize("order", ["second", "first"])
+def test_anml_outer_step(benchmark, order):
+    """One meta-training outer step at paper size: 20 inner SGD steps at batch 1 on one class, meta-loss
+    on 84 images, Adam on all parameters (ref code, first order: 1.81 s)."""
+
+
+@PENDING
+def test_anml_meta_test_step(benchmark):
+    """One meta-test SGD step, batch 1, only the PLN head learning (ref code: about 21 ms)."""
+
+
+@PENDING
+def test_anml_trajectory(benchmark):
+    """A whole 600-class ANML meta-test trajectory through ``run_job``: 9,000 steps and the evaluation.
+    Put the training seconds in ``extra_info["train_s"]`` (ref: 9,000 steps x 21 ms)."""
+
+
+@PENDING
+def test_anml_meta_test_protocol(benchmark):
+    """The full ANML meta-test protocol at 600 classes: step-size selection on validation draws, then the
+    reported trajectories (ref code: its learning-rate search alone takes about 10 hours)."""

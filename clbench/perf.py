@@ -1,0 +1,207 @@
+"""``clbench perf``: ``results/perf.md`` from the JSON of the speed benchmarks in ``benchmarks/``.
+
+    uv run pytest benchmarks --benchmark-only --benchmark-json=results/perf.json
+    uv run clbench perf --json results/perf.json --output results/perf.md
+
+Per benchmark: median and spread over its rounds, and the speedup over a reference figure where
+REFERENCE.md has one; the harness's overhead against plain PyTorch loops; evaluation throughput; the
+machine the figures come from. Reads JSON and writes markdown only (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import UsageError
+
+SPEED = 'REFERENCE.md, "Reference speed on this kind of machine"'
+AVALANCHE = 'REFERENCE.md, "Avalanche 0.6.0 with torch 2.13: measured facts"'
+
+
+@dataclass(frozen=True)
+class Reference:
+    seconds: float  # per unit: per call, or per extra_info["units"] steps when the benchmark sets it
+    what: str
+    source: str
+    field: str | None = None  # compare this extra_info value (seconds) instead of the benchmark's median
+    n_classes: int | None = None  # the figure holds for this trajectory length only (extra_info["n_classes"])
+
+
+REFERENCES: dict[str, Reference] = {
+    "test_stream_build": Reference(0.2, "600 + 600 one-class experiences built by Avalanche", AVALANCHE,
+                                   n_classes=600),
+    "test_anml_outer_step[first]": Reference(1.81, "ref ANML outer step, README settings (first order)", SPEED),
+    "test_anml_outer_step[second]": Reference(
+        1.81, "ref ANML outer step (first order: the ref code has no second-order mode)", SPEED),
+    "test_anml_meta_test_step": Reference(0.021, "ref ANML meta-test SGD step", SPEED),
+    "test_anml_trajectory": Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, "
+                                      "9,000 steps x 21 ms (derived)", SPEED, field="train_s", n_classes=600),
+    "test_anml_meta_test_protocol": Reference(10 * 3600.0, "ref ANML learning-rate search at 600 classes "
+                                              "alone (about 10 h)", SPEED),
+}
+# Avalanche's own overhead at 600 one-class experiences, batch 1, linear model: Naive with a lean
+# evaluator against a plain loop.
+OVERHEAD_REF = (5.1, 3.0)
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _load(bench: dict[str, Any]) -> str:
+    info = bench.get("extra_info", {})
+    before, after = info.get("loadavg_before"), info.get("loadavg_after")
+    if not before or not after:
+        return "-"
+    return f"{before[0]:.1f} -> {after[0]:.1f}"
+
+
+def _timing_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
+    rows = ["| benchmark | rounds | median | IQR | min - max | load (1 min) | reference | speedup |",
+            "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for b in benchmarks:
+        st, info = b["stats"], b.get("extra_info", {})
+        units = info.get("units", 1)
+        ref = REFERENCES.get(b["name"])
+        ref_text, speedup = "-", "-"
+        if ref is not None and ref.n_classes not in (None, info.get("n_classes", ref.n_classes)):
+            ref = None  # e.g. a quick run at another length: the reference figure does not apply
+        if ref is not None:
+            value = info.get(ref.field) if ref.field else st["median"] / units
+            per = f" per step ({units} steps per call)" if units != 1 and not ref.field else ""
+            ref_text = f"{fmt_seconds(ref.seconds)}{per}: {ref.what} ({ref.source})"
+            speedup = f"{ref.seconds / value:.1f}x" if value else "-"
+        spread = f"{fmt_seconds(st['iqr'])}" if st["rounds"] >= 4 else "-"
+        rows.append(f"| `{b['name']}` | {st['rounds']} | {fmt_seconds(st['median'])} | {spread} | "
+                    f"{fmt_seconds(st['min'])} - {fmt_seconds(st['max'])} | {_load(b)} | {ref_text} | {speedup} |")
+    return rows
+
+
+def _overhead_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
+    runs = [b for b in benchmarks if "overhead" in b.get("extra_info", {})]
+    if not runs:
+        return []
+    ref_harness, ref_plain = OVERHEAD_REF
+    rows = ["## Harness overhead", "",
+            "Training time of a whole trajectory through the harness (`run_job`) against a plain PyTorch loop "
+            "doing the same maths (`benchmarks/plain_loops.py`: same model, optimiser and per-step work), "
+            "measured in the same round one after the other. Overhead = (harness - plain) / plain. Loop `lean` "
+            "is the harness as it runs (methods/_lean.py); `avalanche` is the same strategy on Avalanche's own "
+            "per-sample DataLoader loop. CPU seconds are this process's own; CPU / wall shows how much of a core "
+            "the process got (below 100%: other work shared the machine).", "",
+            "| method | loop | classes | steps | harness (s) | plain (s) | overhead | harness CPU (s) | "
+            "plain CPU (s) | overhead (CPU) | CPU / wall | test acc |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in runs:
+        i = b["extra_info"]
+        share = i["plain_train_cpu_s"] / i["plain_train_s"] if i.get("plain_train_s") else float("nan")
+        rows.append(f"| {i['method']} | {i.get('loop', '-')} | {i['n_classes']} | {i['steps']} | "
+                    f"{i['harness_train_s']:.1f} | {i['plain_train_s']:.1f} | {i['overhead']:+.1%} | "
+                    f"{i['harness_train_cpu_s']:.1f} | {i['plain_train_cpu_s']:.1f} | {i['overhead_cpu']:+.1%} | "
+                    f"{share:.0%} | {i['acc_test']:.3f} |")
+    rows += ["", f"Reference ({AVALANCHE}): at 600 one-class experiences, batch 1, a linear model, Naive with "
+             f"a lean evaluator took {ref_harness} s against {ref_plain} s for a plain loop: "
+             f"{(ref_harness - ref_plain) / ref_plain:+.0%} overhead.", ""]
+    return rows
+
+
+def _throughput_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
+    runs = [b for b in benchmarks if "images" in b.get("extra_info", {})]
+    if not runs:
+        return []
+    rows = ["## Evaluation throughput", "",
+            "| benchmark | images | batch | model | images/s (median) | images/s (range) |",
+            "|---|---:|---:|---|---:|---:|"]
+    for b in runs:
+        i, st = b["extra_info"], b["stats"]
+        rows.append(f"| `{b['name']}` | {i['images']} | {i.get('eval_batch', '-')} | convnet width "
+                    f"{i.get('width', '-')}, {i.get('outputs', '-')} outputs | {i['images'] / st['median']:,.0f} | "
+                    f"{i['images'] / st['max']:,.0f} - {i['images'] / st['min']:,.0f} |")
+    return rows + [""]
+
+
+def _machine_rows(data: dict[str, Any]) -> list[str]:
+    m, c = data.get("machine_info", {}), data.get("commit_info", {})
+    cpu = m.get("cpu", {})
+    load = m.get("loadavg_at_end")
+    return [
+        "## Machine", "",
+        f"- CPU: {cpu.get('brand_raw', m.get('processor') or '?')} ({cpu.get('arch', m.get('machine', '?'))}, "
+        f"{cpu.get('hz_advertised_friendly', '?')}), {cpu.get('count', '?')} logical cores, "
+        f"{m.get('cpus_available', '?')} available to the benchmarks",
+        f"- torch threads: {m.get('torch_threads', '?')}; torch {m.get('torch_version', '?')}, "
+        f"avalanche {m.get('avalanche_version', '?')}, Python {m.get('python_version', '?')}, "
+        f"{m.get('system', '?')} {m.get('release', '')}",
+        f"- load average (1, 5, 15 min) when the run ended: {', '.join(f'{x:.2f}' for x in load) if load else '?'}",
+        f"- run: {data.get('datetime', '?')}, commit {str(c.get('id', '?'))[:12]}"
+        f"{' (uncommitted changes)' if c.get('dirty') else ''}, pytest-benchmark {data.get('version', '?')}",
+        "",
+    ]
+
+
+def render(data: dict[str, Any], command: str) -> str:
+    benchmarks = sorted(data.get("benchmarks", []), key=lambda b: b["fullname"])
+    missing = sorted(set(REFERENCES) - {b["name"] for b in benchmarks})
+    lines = [
+        "# clbench performance", "",
+        f"Generated by `{command}` from the output of "
+        "`uv run pytest benchmarks --benchmark-only --benchmark-json=results/perf.json`. Do not edit by hand.",
+        "",
+        *_machine_rows(data),
+        "## Timings", "",
+        "Median and spread over each benchmark's rounds (IQR from 4 rounds on); speedup = reference time / "
+        "measured time, where REFERENCE.md has a figure for the same work.", "",
+        *_timing_rows(benchmarks), "",
+        *_overhead_rows(benchmarks),
+        *_throughput_rows(benchmarks),
+    ]
+    if missing:
+        lines += ["## Not measured in this run", "",
+                  *(f"- `{name}` (reference: {fmt_seconds(REFERENCES[name].seconds)}, {REFERENCES[name].what})"
+                    for name in missing), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clbench perf", description="results/perf.md from a benchmark JSON")
+    parser.add_argument("--json", default="results/perf.json", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--output", default="results/perf.md", help="markdown file to write")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        path = Path(args.json)
+        if not path.is_file():
+            raise UsageError(f"{path} not found: run `uv run pytest benchmarks --benchmark-only "
+                             f"--benchmark-json={path}` first")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} is not a pytest-benchmark JSON file ({e})") from None
+        if not isinstance(data, dict) or "benchmarks" not in data:
+            raise UsageError(f"{path} has no 'benchmarks': not a pytest-benchmark JSON file")
+    except UsageError as e:
+        print(f"clbench perf: error: {e}", file=sys.stderr)
+        return 2
+    text = render(data, f"clbench perf --json {args.json} --output {args.output}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output} ({len(data['benchmarks'])} benchmarks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

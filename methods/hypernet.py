@@ -1,0 +1,291 @@
+"""Task-conditioned hypernetwork with entropy-based task inference, HNET+ENT.
+
+von Oswald, Henning, Sacramento & Grewe, "Continual learning with hypernetworks", ICLR 2020, built on
+the authors' library hypnettorch 0.0.4 (``hnets.HMLP``/``ChunkedHMLP``, ``mnets.LeNet``).
+
+A hypernetwork ``h(e, theta)`` maps a learned task embedding ``e_t`` to *all* weights of a target
+classifier that owns no parameters: hypnettorch's LeNet ``mnist_small`` (5x5 convs with 10 and 20
+channels, a 50-unit layer, ``k`` outputs; 21,330 + 51k weights), the library's own target for 28x28
+single-channel images. A convnet rather than hypnettorch's MLP: on a 50-class validation stream an MLP
+target (784-100-100-10, 90k weights) reached 0.42 test accuracy against LeNet's 0.52 (within-task 0.68
+against 0.85) in 3.5x the time. The small LeNet rather than ``mnist_large`` (431k weights) because the
+hypernetwork's output layer, its regulariser and the per-task evaluation all scale with the target size.
+
+Tasks. The stream's classes are grouped in arrival order into tasks of ``k = classes_per_task``
+consecutive labels. Experiences still arrive one class at a time: the strategy keeps the datasets of
+the current task's classes (only those) and trains when the group is complete; a final group of fewer
+than ``k`` classes trains when its last class arrives (or at ``flush()``, which ``fit`` calls at the
+end). Within a task, training draws shuffled mini-batches from the group's ``15k`` images for
+``epochs_per_task`` epochs, as the paper trains each task for many iterations: unlike ANML's one pass,
+a class's images are seen several times, but only until its group is learned. ``k = 10`` by default:
+the paper's split CIFAR-10/100 tasks have 10 classes; the buffer then holds 150 images, fewer than the
+replay baseline's 200; with ``k = 1`` every target net would predict its one class with zero entropy.
+On two 100-class validation streams task inference rises with ``k`` (test task-inference accuracy
+0.20 / 0.38 / 0.53, test accuracy 0.19 / 0.37 / 0.48 for k = 5 / 10 / 20), at the price of a larger
+buffer and fewer, coarser tasks (k = N would be i.i.d. training). A final group of fewer than ``k``
+classes is over-selected a little (its net is more certain): at 75 classes the last 5-class task drew
+10% of the predictions for its 7% share.
+
+What learns when. Training task ``t``: ``theta`` and ``e_t`` only (earlier embeddings stay fixed, so
+an earlier task's weights can move only through ``theta``, which the regulariser anchors), by Adam on
+the cross-entropy of the target net with weights ``h(e_t, theta)`` on task ``t``'s images (labels local
+to the task) plus the output regulariser (paper eq. 2) ``beta * mean_j ||h(e_j, theta) -
+h(e_j, theta*)||^2`` over earlier tasks ``j``, ``theta*`` being the hypernetwork before task ``t``.
+With ``reg_tasks > 0`` a random subset of that many earlier tasks is regularised per step (as the
+authors' code does for PermutedMNIST-250), so a step's cost stops growing with ``t``.
+
+Prediction (the paper's HNET+ENT): every trained task's weights are generated in one
+hypernetwork pass and cached (the cache is dropped whenever the model goes back to training); the
+target net then runs each task's weights over whole batches of images (a loop over tasks of big
+convolutions: on CPU 4x faster than ``torch.func.vmap`` over tasks, which turns the second convolution
+into a grouped one). The task whose softmax over its ``k`` outputs has the lowest entropy wins, and
+its logits fill that task's block of the N-way output, ``-inf`` elsewhere (every logit is 0 before any
+task is trained). ``strategy.report`` adds task-inference and within-task accuracy.
+
+Cost (2-core dev machine, shared, one thread): see the measurement under ``Config``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from clbench.registry import BuildContext, MethodSpec
+
+
+@dataclass(frozen=True)
+class Config:
+    classes_per_task: int = 10  # k: consecutive classes per hypernetwork task (see module docstring)
+    # Hypernetwork: hidden layers of width x depth; the last width bounds how many tasks' weight vectors
+    # the output layer can place independently (60 tasks at 600 classes).
+    hnet_width: int = 100  # hypercl's hnets use 10-350 units per layer (PermutedMNIST-100: 200-350)
+    hnet_depth: int = 2  # hypercl's SplitMNIST and PermutedMNIST-10 hnets have two hidden layers
+    chunk_size: int = 0  # 0: full hypernet (HMLP, one output per target weight); >0: ChunkedHMLP chunk
+    chunk_emb_size: int = 32  # ChunkedHMLP only: size of each chunk's embedding
+    task_emb_size: int = 32  # size of e_t (hypercl: 24-128 by experiment; 96 gave the same here)
+    beta: float = 0.01  # output regulariser: the authors' SplitMNIST setting (hypercl's class_beta)
+    reg_tasks: int = 32  # earlier tasks regularised per step, drawn at random; 0 = all (hypercl's
+    #                      hnet_reg_batch_size = 32 for PermutedMNIST-250)
+    lr: float = 1e-3  # Adam on theta and e_t (hypercl's SplitMNIST class_lr); chosen per length
+    epochs_per_task: int = 40  # passes over a task's 15k images: 200 steps of 32 at k = 10
+    train_mb_size: int = 32  # hypercl uses 128 on MNIST; a task here has only 150 images
+
+
+SPEC = MethodSpec(name="hypernet", config=Config, tuned={"lr": (3e-4, 1e-3, 3e-3)})
+PROFILES: dict[str, dict] = {
+    # The CI gate: a quarter of the steps, half the width (50 classes in ~3 s of CPU, test acc ~0.4).
+    "ci": {"epochs_per_task": 10, "hnet_width": 50},
+    "default": {},
+}
+
+EVAL_BATCH = 1024  # images per target forward at prediction: bounds the activations' memory
+
+
+def build(cfg: Config, ctx: BuildContext):
+    import torch
+    import torch.nn.functional as F
+    from avalanche.training.templates import SupervisedTemplate
+
+    from methods._common import lean_kwargs
+    from methods._lean import lean
+
+    k = cfg.classes_per_task
+    if k < 2:
+        raise ValueError(f"classes_per_task={k}: entropy-based task inference needs at least 2 classes "
+                         "per task (a one-class target net is always certain)")
+
+    def _entropy(logits):
+        logp = logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1)
+
+    class HnetEntModel(torch.nn.Module):
+        """The hypernetwork and its weightless target net; ``forward`` is the HNET+ENT prediction."""
+
+        def __init__(self, cfg: Config, n_classes: int):
+            super().__init__()
+            from hypnettorch.hnets import HMLP, ChunkedHMLP
+
+            self.n_classes, self.n_tasks = n_classes, math.ceil(n_classes / k)
+            self.target = _lenet(k)
+            layers = [cfg.hnet_width] * cfg.hnet_depth
+            common = dict(cond_in_size=cfg.task_emb_size, layers=layers, num_cond_embs=self.n_tasks,
+                          verbose=False)
+            # hypnettorch's default init: its hyperfan inits stalled every task after the first here.
+            if cfg.chunk_size > 0:
+                self.hnet = ChunkedHMLP(self.target.param_shapes, chunk_size=cfg.chunk_size,
+                                        chunk_emb_size=cfg.chunk_emb_size, **common)
+            else:
+                self.hnet = HMLP(self.target.param_shapes, **common)
+            self.trained = 0  # tasks learned so far
+            self._cache = None  # every trained task's weights, stacked per target tensor: [T, *shape]
+
+        def train(self, mode: bool = True):
+            if mode:
+                self._cache = None  # the hypernetwork is about to change
+            return super().train(mode)
+
+        def _net(self, x, weights):
+            # Strokes as 1 on 0: the target has no normalisation, and a white (1.0) background would
+            # make every first-layer unit start from a large constant input.
+            return self.target.forward(1.0 - x, weights=weights)
+
+        def _generate(self):
+            """Every trained task's weights from one hypernetwork pass, stacked: [T, *shape] per tensor."""
+            shapes = self.target.param_shapes
+            with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+                flat = self.hnet.forward(cond_id=list(range(self.trained)), ret_format="flattened")
+            weights = [w.reshape(self.trained, *s) for w, s in
+                       zip(flat.split([math.prod(s) for s in shapes], dim=1), shapes, strict=True)]
+            if not self.training:
+                self._cache = weights  # valid until train() is called again
+            return weights
+
+        def task_logits(self, x, task: int):
+            return self._net(x, self.hnet.forward(cond_id=task))
+
+        def all_task_logits(self, x):
+            """Logits [T, B, k] of every trained task's target net, from the cached weights."""
+            weights = self._cache if self._cache is not None and not self.training else self._generate()
+            # Batched over images, looped over tasks: on CPU this ran 4x faster than torch.func.vmap
+            # over tasks, which turns the second convolution into a slow grouped one.
+            return torch.cat([torch.stack([self._net(xb, [w[t] for w in weights]) for t in range(self.trained)])
+                              for xb in x.split(EVAL_BATCH)], 1)
+
+        def forward(self, x):
+            if self.trained == 0:
+                return x.new_zeros(len(x), self.n_classes)
+            logits = self.all_task_logits(x)  # [T, B, k]
+            task = _entropy(logits).argmin(0)
+            rows = torch.arange(len(x), device=x.device)
+            out = logits.new_full((len(x), self.n_tasks * k), -math.inf)
+            cols = task[:, None] * k + torch.arange(k, device=x.device)
+            out[rows[:, None], cols] = logits[task, rows]
+            return out[:, :self.n_classes]  # the last group's unused outputs are not classes
+
+    class HnetEnt(SupervisedTemplate):
+        """Trains one hypernetwork task per group of ``k`` classes; predicts by lowest entropy."""
+
+        def __init__(self):
+            model = HnetEntModel(cfg, ctx.n_classes)
+            super().__init__(model=model, optimizer=self._adam(model, 0), train_mb_size=cfg.train_mb_size,
+                             train_epochs=cfg.epochs_per_task, **lean_kwargs(ctx))
+            self.task = 0  # the task being collected; tasks < self.task are trained
+            self.pending: list = []  # datasets of the current task's classes (the only images kept)
+            self.pending_classes: set[int] = set()
+            self.last_exp = None
+            self.anchors = None  # h(e_j, theta*) for j < task, fixed while task trains
+            self.reg_rng = torch.Generator().manual_seed(ctx.seed)
+
+        @staticmethod
+        def _adam(model, task):
+            hnet = model.hnet
+            params = [*hnet.unconditional_params, hnet.conditional_params[task]]
+            return torch.optim.Adam(params, lr=cfg.lr, fused=True)
+
+        def train(self, experiences, eval_streams=None, **kwargs):
+            for exp in [experiences] if hasattr(experiences, "dataset") else experiences:
+                classes = {int(c) for c in exp.dataset.targets.uniques}
+                tasks = {c // k for c in classes}
+                if min(tasks) > self.task and self.pending:
+                    self.flush()  # a skipped remainder: learn what was collected
+                if tasks != {self.task}:
+                    raise ValueError(f"classes {sorted(classes)} do not belong to task {self.task} alone: "
+                                     f"labels must arrive in order and no experience may span two tasks "
+                                     f"(classes_per_task={k}, a multiple of the classes per experience)")
+                self.pending.append(exp.dataset)
+                self.pending_classes |= classes
+                self.last_exp = exp
+                group = range(self.task * k, min((self.task + 1) * k, ctx.n_classes))
+                if self.pending_classes >= set(group):
+                    self.flush(eval_streams, **kwargs)
+
+        def flush(self, eval_streams=None, **kwargs):
+            """Train the current task on the classes collected so far (no-op if there are none)."""
+            if not self.pending:
+                return
+            super().train(self.last_exp, eval_streams=eval_streams or [], **kwargs)
+            self.task += 1
+            self.model.trained = self.task
+            self.pending, self.pending_classes = [], set()
+
+        def train_dataset_adaptation(self, **kwargs):
+            data = self.pending[0]
+            for more in self.pending[1:]:
+                data = data.concat(more)
+            self.adapted_dataset = data.train()
+
+        def make_optimizer(self, **kwargs):
+            self.optimizer = self._adam(self.model, self.task)  # fresh moments per task
+
+        def _before_training_exp(self, **kwargs):
+            super()._before_training_exp(**kwargs)
+            t = self.task
+            with torch.no_grad():  # theta*: what the hypernetwork emits for earlier tasks before task t
+                self.anchors = self.model.hnet.forward(cond_id=list(range(t)), ret_format="flattened") if t else None
+
+        def forward(self):
+            if self.is_training:
+                return self.model.task_logits(self.mb_x, self.task)
+            return self.model(self.mb_x)
+
+        def criterion(self):
+            if not self.is_training:
+                return F.cross_entropy(self.mb_output, self.mb_y)
+            loss = F.cross_entropy(self.mb_output, self.mb_y - self.task * k)
+            if self.anchors is not None and cfg.beta > 0:
+                loss = loss + cfg.beta * self.output_regulariser()
+            return loss
+
+        def output_regulariser(self):
+            """Mean squared distance of earlier tasks' generated weights from their anchors."""
+            t = self.task
+            if 0 < cfg.reg_tasks < t:
+                ids = torch.randperm(t, generator=self.reg_rng)[:cfg.reg_tasks]
+            else:
+                ids = torch.arange(t)
+            now = self.model.hnet.forward(cond_id=ids.tolist(), ret_format="flattened")
+            return (now - self.anchors[ids.to(self.anchors.device)]).pow(2).sum(1).mean()
+
+        @torch.no_grad()
+        def predict(self, x):
+            self.model.eval()
+            return self.model(x.to(self.device)).cpu()
+
+        @torch.no_grad()
+        def report(self, x, y) -> dict:
+            self.model.eval()
+            out = {"classes_per_task": k, "n_tasks": self.task}
+            if self.task == 0:
+                return {**out, "task_inference_acc": 0.0, "within_task_acc": 0.0}
+            logits = self.model.all_task_logits(x.to(self.device)).cpu()  # [T, B, k]
+            true_task = y // k
+            inferred = _entropy(logits).argmin(0)
+            known = true_task < self.task
+            within = logits[true_task[known], torch.nonzero(known).squeeze(1)].argmax(1)
+            return {**out, "task_inference_acc": (inferred == true_task).float().mean().item(),
+                    "within_task_acc": (within == y[known] % k).float().mean().item() if known.any() else 0.0}
+
+    return lean(HnetEnt)()
+
+
+def _lenet(k: int):
+    from hypnettorch.mnets import LeNet
+
+    # hypnettorch 0.0.4's LeNet writes a class count other than 10 into its class-level architecture
+    # table, so a later LeNet(num_classes=10) would inherit the previous count: reset it first.
+    arch = LeNet._ARCHITECTURES["mnist_small"]
+    arch[-2][0] = arch[-1][0] = 10
+    net = LeNet(in_shape=(28, 28, 1), num_classes=k, arch="mnist_small", no_weights=True, verbose=False)
+    assert net.param_shapes[-1] == [k]
+    return net
+
+
+def fit(strategy, benchmark, after_experience=None) -> None:
+    """Experiences in stream order; the last (possibly incomplete) task trains before the last report."""
+    stream = list(benchmark.train_stream)
+    for t, exp in enumerate(stream):
+        strategy.train(exp)
+        if t == len(stream) - 1:
+            strategy.flush()
+        if after_experience is not None:
+            after_experience(t)
