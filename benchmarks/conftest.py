@@ -7,9 +7,10 @@ Run them all with one command (never collected by the plain ``pytest``, whose te
 
 Everything runs on one torch thread (the harness's per-job default), so figures compare across
 machines with different core counts; the thread count, load average and library versions go into the
-JSON's ``machine_info``. Knobs for a quick try (the committed figures use the defaults):
-``CLBENCH_BENCH_CLASSES`` (trajectory length, 600) and ``CLBENCH_BENCH_ROUNDS`` (rounds of the long
-benchmarks, 1).
+JSON's ``machine_info``. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
+one-minute try), ``CLBENCH_BENCH_ROUNDS`` (rounds of the whole-trajectory benchmarks, 1) and
+``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of methods/_lean.py).
+results/perf.md says which settings its figures come from.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["avalanche_version"] = avalanche.__version__
     machine_info["cpus_available"] = len(os.sched_getaffinity(0))
     machine_info["loadavg_at_end"] = list(os.getloadavg())  # written when the run ends
+    machine_info["bench_settings"] = {k: v for k, v in os.environ.items() if k.startswith("CLBENCH_BENCH_")}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,16 @@ import torch
 from clbench.metatrain import Recipe, meta_objective
 from methods._metanets import ANMLNet, OMLNet, init_kaiming
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is faster, and on a shared machine two can spin against other processes.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = {
     "anml": (ANMLNet, dict(in_channels=3, nm_channels=2, pln_channels=3, n_outputs=5), 0.5),
     "oml": (OMLNet, dict(image_size=28, channels=4, hidden=4, n_outputs=5), 0.5),
