@@ -7,9 +7,9 @@ output units are both used stop receiving gradient: later classes may read those
 change them, so every learned class's path through the generator is kept. ``grow`` adds units to a
 layer, closed for the classes already learned, whose output therefore stays the same.
 
-The generator is a masked MLP. Masked conv layers were tried first: at this scale (one class per
-experience, about a second of CPU per class) their cost grows with the product of two growing widths,
-and a new class could not be learned in the few steps it gets.
+The generator is a masked MLP that draws 14x14 images (``to_memory``). A masked conv generator at
+28x28 was tried first: its cost grows with the product of two growing channel counts, and in the ~60
+steps a class can afford it drew little more than blurs.
 
 Torch only; imported by ``methods/dgm.py`` when a strategy is built.
 """
@@ -28,12 +28,13 @@ class MaskedGenerator(nn.Module):
     """(z, learned class code) -> masked hidden layers -> ``side`` x ``side`` image in [0, 1] (white = 1)."""
 
     def __init__(self, n_classes: int, nz: int, n_code: int, widths: tuple[int, ...], emb_std: float,
-                 side: int = SIDE):
+                 side: int = SIDE, masked: bool = True):
         super().__init__()
         self.nz, self.emb_std, self.side = nz, emb_std, side
+        self.masked = masked  # False: the ablation without masks (every unit open, nothing protected)
         self.code = nn.Parameter(torch.randn(n_classes, n_code))  # the label input (one row per class)
         sizes = [nz + n_code, *widths, side * side]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         with torch.no_grad():
             # Start from a white page (sigmoid(3) = 0.95), as Omniglot images are.
             self.layers[-1].bias.fill_(3.0)
@@ -60,6 +61,9 @@ class MaskedGenerator(nn.Module):
         """
         out = []
         for e in self.emb:
+            if not self.masked:
+                out.append(torch.ones_like(e[y]))
+                continue
             m = torch.sigmoid(s * e[y])
             if s_max is not None:
                 soft = torch.sigmoid(e[y])
@@ -71,9 +75,9 @@ class MaskedGenerator(nn.Module):
         """Images [B, 1, side, side] for labels ``y`` at mask scale ``s``, and the masks used."""
         masks = self.masks(y, s, s_max)
         h = torch.cat([z, self.code[y]], 1)
-        for layer, m in zip(self.layers[:-1], masks):
+        for layer, m in zip(self.layers[:-1], masks, strict=True):
             h = F.relu(layer(h)) * m
-        return torch.sigmoid(self.layers[-1](h)).view(-1, 1, self.side, self.side), masks
+        return torch.sigmoid(self.layers[-1](h)).view(len(z), 1, self.side, self.side), masks
 
     def free_fractions(self) -> list[float]:
         return [1 - self.used(i).mean().item() for i in range(len(self.emb))]
@@ -118,6 +122,8 @@ class MaskedGenerator(nn.Module):
         HAT scales by ``1 - min(a_in, a_out)``; with thresholded cumulative masks that is 0 or 1, and an
         exact 0 lets Adam (fresh state per class) leave protected weights exactly where they are.
         """
+        if not self.masked:
+            return
         n = len(self.layers)
         for i, layer in enumerate(self.layers):
             a_out = self.used(i) if i < n - 1 else self.used_out.expand(layer.out_features)
@@ -140,7 +146,8 @@ class MaskedGenerator(nn.Module):
         extra = torch.full((len(self.emb[i]), n_new), CLOSED, device=new_in.weight.device)
         self.emb[i] = nn.Parameter(torch.cat([self.emb[i], extra], 1))
         setattr(self, f"used{i}", torch.cat([self.used(i), self.used(i).new_zeros(n_new)]))
-        setattr(self, f"cand{i}", torch.cat([self.cand(i), self.cand(i).new_zeros(len(self.cand(i)), n_new)], 1))
+        cand = self.cand(i)
+        setattr(self, f"cand{i}", torch.cat([cand, cand.new_zeros(len(cand), n_new)], 1))
 
 
 class Critic(nn.Module):
@@ -187,30 +194,11 @@ def to_memory(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
-def from_memory(x: torch.Tensor) -> torch.Tensor:
-    """14x14 -> 28x28 (bilinear), the classifier's input size."""
-    return F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
-
-
 class ToMemory(nn.Module):
+    """The classifier's first step: real 28x28 images down to the memory's 14x14."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return to_memory(x)
-
-
-class MemoryView(nn.Module):
-    """The classifier's view of any image: its 14x14 content, back at 28x28, blurred ``blur`` times.
-
-    Real and generated images pass through the same view, so the classifier never sees the detail
-    the generator cannot produce (blurring alone lifted 10-class accuracy from generated images
-    from 0.26 to 0.50).
-    """
-
-    def __init__(self, blur: int):
-        super().__init__()
-        self.blur = Blur(blur)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blur(from_memory(to_memory(x)))
 
 
 def jitter(x: torch.Tensor, pixels: float) -> torch.Tensor:
