@@ -70,7 +70,10 @@ def _hash(obj: Any) -> str:
 
 
 def selection_grid(module) -> list[dict[str, Any]]:
+    """Every combination of the tuned values; empty when nothing is tuned (nothing to select)."""
     tuned = module.SPEC.tuned
+    if not tuned:
+        return []  # itertools.product() of nothing is one empty combination: a pointless search
     return [dict(zip(tuned, values, strict=True)) for values in itertools.product(*tuned.values())]
 
 

@@ -31,3 +31,11 @@ def test_light_commands_do_not_import_torch():
     code = ("import sys, clbench.cli, clbench.leaderboard, clbench.check, clbench.runner; "
             "assert 'torch' not in sys.modules and 'avalanche' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_selection_grid_is_every_combination_and_empty_when_nothing_is_tuned():
+    from clbench.runner import selection_grid
+
+    assert selection_grid(registry.load("oracle")) == []  # no validation runs for a method with nothing to tune
+    naive = registry.load("naive")
+    assert selection_grid(naive) == [{"lr": v} for v in naive.SPEC.tuned["lr"]]
