@@ -1,4 +1,5 @@
-"""ANML/OML speed: placeholders, filled by the ANML/OML part of issue 7.
+"""ANML/OML meta-test speed: placeholders, filled by the ANML/OML part of issue 7 (the outer
+meta-training step is in test_metatrain.py).
 
 Keep the names: ``clbench/perf.py`` sets these benchmarks beside the reference figures of
 REFERENCE.md ("Reference speed"). When one call times several steps, set
@@ -10,13 +11,6 @@ from __future__ import annotations
 import pytest
 
 PENDING = pytest.mark.skip(reason="placeholder: filled by the ANML/OML part of issue 7")
-
-
-@PENDING
-@pytest.mark.parametrize("order", ["second", "first"])
-def test_anml_outer_step(benchmark, order):
-    """One meta-training outer step at paper size: 20 inner SGD steps at batch 1 on one class, meta-loss
-    on 84 images, Adam on all parameters (ref code, first order: 1.81 s)."""
 
 
 @PENDING

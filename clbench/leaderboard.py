@@ -53,8 +53,9 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
             if kind == "mean":
                 cells.append(_fmt(r["mean"], r["std"], r["diverged"]))
             elif kind == "ci":
-                cells.append("-" if math.isnan(r["ci95"]) else
-                             f"[{r['mean'] - r['ci95']:.3f}, {r['mean'] + r['ci95']:.3f}] (n={r['n']})")
+                # Clipped to [0, 1]: with 2-3 seeds t's interval can cross the bounds an accuracy cannot.
+                lo, hi = max(0.0, r["mean"] - r["ci95"]), min(1.0, r["mean"] + r["ci95"])
+                cells.append("-" if math.isnan(r["ci95"]) else f"[{lo:.3f}, {hi:.3f}] (n={r['n']})")
             else:
                 cells.append(", ".join(s for s in r["selected"] if s != "{}") or "fixed")
         lines.append(f"| {_label(method, profile, chash, multi[method, profile] > 1)} | " + " | ".join(cells) + " |")
@@ -82,7 +83,7 @@ def render(rows: Sequence[Row], command: str, git_sha: str = "") -> str:
         "",
         *_table(df, "test", lengths, "mean"),
         "",
-        "### 95% confidence intervals of the mean test accuracy (Student's t over seeds)",
+        "### 95% confidence intervals of the mean test accuracy (Student's t over seeds, clipped to [0, 1])",
         "",
         *_table(df, "test", lengths, "ci"),
         "",

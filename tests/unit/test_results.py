@@ -57,3 +57,11 @@ def test_check_two_sided_and_missing(tmp_path):
     assert check(moved, reference)[0].status == "stream"
     other = [row(method="ewc", seed=s) for s in range(3)]
     assert exit_code(check(other, reference)) == 2
+
+
+def test_leaderboard_interval_is_clipped_to_valid_accuracies():
+    from clbench.leaderboard import render
+
+    # Two seeds at 0.1 and 0.9: t(1 df) = 12.71, half-width 12.71 * 0.566 / sqrt(2) = 5.08, far past [0, 1].
+    text = render([row(seed=0, acc=0.1), row(seed=1, acc=0.9)], "cmd")
+    assert "| [0.000, 1.000] (n=2) |" in text
