@@ -1,5 +1,6 @@
 """ANML/OML meta-test speed: placeholders, filled by the ANML/OML part of issue 7 (the outer
-meta-training step is in test_metatrain.py).
+meta-training step is in test_metatrain.py; one meta-test step and the whole meta-test protocol are in
+test_anml_meta_test.py).
 
 Keep the names: ``clbench/perf.py`` sets these benchmarks beside the reference figures of
 REFERENCE.md ("Reference speed"). When one call times several steps, set
@@ -14,17 +15,6 @@ PENDING = pytest.mark.skip(reason="placeholder: filled by the ANML/OML part of i
 
 
 @PENDING
-def test_anml_meta_test_step(benchmark):
-    """One meta-test SGD step, batch 1, only the PLN head learning (ref code: about 21 ms)."""
-
-
-@PENDING
 def test_anml_trajectory(benchmark):
     """A whole 600-class ANML meta-test trajectory through ``run_job``: 9,000 steps and the evaluation.
     Put the training seconds in ``extra_info["train_s"]`` (ref: 9,000 steps x 21 ms)."""
-
-
-@PENDING
-def test_anml_meta_test_protocol(benchmark):
-    """The full ANML meta-test protocol at 600 classes: step-size selection on validation draws, then the
-    reported trajectories (ref code: its learning-rate search alone takes about 10 hours)."""

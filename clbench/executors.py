@@ -2,25 +2,46 @@
 
 ``local`` runs jobs one after another in this process. ``ray`` runs each job as a Ray task, on the
 cluster at ``address`` or on a local Ray instance started here; Ray is imported only when asked for.
-Both yield ``(index, outcome)`` pairs, so the caller stores each result as soon as it exists and an
-interruption loses at most the jobs in flight.
+Both yield ``(index, outcomes)`` pairs, in whatever order jobs finish, so the caller stores each result
+as soon as it exists and an interruption loses at most the jobs in flight.
+
+A method module may export ``run_jobs(jobs)``, yielding ``(index into jobs, outcomes)`` with ``run_job``'s
+outcomes for each job; ``local`` then hands it all of that method's jobs at once (ANML and OML run many
+meta-test trajectories together on cached features, methods/_fastmeta.py). ``CLBENCH_FASTMETA=0`` keeps
+every job on ``run_job``, the reference path.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
+from clbench import registry
 from clbench.trajectory import Job, Outcome, run_job
 
 EXECUTORS = ("local", "ray")
 
 
-def local(jobs: Sequence[Job]) -> Iterator[tuple[int, Outcome]]:
+def _hook(method: str):
+    if os.environ.get("CLBENCH_FASTMETA", "1") == "0":
+        return None
+    return getattr(registry.load(method), "run_jobs", None)
+
+
+def local(jobs: Sequence[Job]) -> Iterator[tuple[int, list[Outcome]]]:
+    handled: set[str] = set()
     for i, job in enumerate(jobs):
-        yield i, run_job(job)
+        hook = _hook(job.method)
+        if hook is None:
+            yield i, run_job(job)
+        elif job.method not in handled:  # the method's first job: run all of its jobs through the hook
+            handled.add(job.method)
+            where = [k for k, j in enumerate(jobs) if j.method == job.method]
+            for k, outcomes in hook([jobs[w] for w in where]):
+                yield where[k], outcomes
 
 
-def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, Outcome]]:
+def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, list[Outcome]]]:
     try:
         import ray as ray_lib
     except ImportError:

@@ -87,9 +87,29 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"ANML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
+    # Meta-training on first use draws the model's init from the global RNG; the trajectory seeded just
+    # before must see the same draws whether or not the checkpoint was cached.
+    with torch.random.fork_rng(devices=[]):
+        state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
     model = ANMLNet(**_arch(cfg))
     model.load_state_dict(state)
     # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
     return build_meta_test(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
+
+
+def run_jobs(jobs):
+    """Many meta-test trajectories at once on cached frozen features, with ``run_job``'s outcomes
+    (methods/_fastmeta.py); yields (index into jobs, outcomes)."""
+    from methods._fastmeta import run_jobs as run_fast
+
+    return run_fast(jobs, _split)
+
+
+def _split(model):
+    """What meta-test leaves frozen (image -> the head's input: PLN features times the NM gate) and trains."""
+    def frozen(x):
+        x, gate = model.context(x)
+        return model.learner.features(x) * gate
+
+    return frozen, [model.head]

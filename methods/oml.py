@@ -88,8 +88,27 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"OML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
+    # Meta-training on first use draws the model's init from the global RNG; the trajectory seeded just
+    # before must see the same draws whether or not the checkpoint was cached.
+    with torch.random.fork_rng(devices=[]):
+        state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
     model = OMLNet(**_arch(cfg))
     model.load_state_dict(state)
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
     return build_meta_test(model, list(model.learner.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
+
+
+def run_jobs(jobs):
+    """Many meta-test trajectories at once on cached representations, with ``run_job``'s outcomes
+    (methods/_fastmeta.py); yields (index into jobs, outcomes)."""
+    from methods._fastmeta import run_jobs as run_fast
+
+    return run_fast(jobs, _split)
+
+
+def _split(model):
+    """What meta-test leaves frozen (the representation) and trains: the prediction net's Linear layers."""
+    from torch import nn
+
+    layers = [m for m in model.learner if isinstance(m, nn.Linear)]
+    return (lambda x: model.context(x)[0]), layers
