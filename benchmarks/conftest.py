@@ -5,8 +5,8 @@ Run them all with one command (never collected by the plain ``pytest``, whose te
     uv run pytest benchmarks --benchmark-only --benchmark-json=results/perf.json
     uv run clbench perf --json results/perf.json --output results/perf.md
 
-Everything runs on one torch thread (the harness's per-job default), so figures compare across
-machines with different core counts; the thread count, load average and library versions go into the
+Everything runs on one torch thread (the harness's per-job default; ``CLBENCH_BENCH_THREADS`` changes it),
+so figures compare across machines with different core counts; the thread count, load average and library versions go into the
 JSON's ``machine_info``. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
 one-minute try), ``CLBENCH_BENCH_ROUNDS`` (rounds of the whole-trajectory benchmarks, 1) and
 ``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of methods/_lean.py).
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CLBENCH_DATA", str((ROOT / ".." / "shared" / "data" / "omniglot").resolve()))
 os.environ.setdefault("CLBENCH_CACHE", str(ROOT / ".cache" / "clbench"))
 
-THREADS = 1
+THREADS = int(os.environ.get("CLBENCH_BENCH_THREADS", "1"))  # 2: the whole 2-core machine, as REFERENCE.md measured
 N_CLASSES = int(os.environ.get("CLBENCH_BENCH_CLASSES", "600"))  # the ANML paper's longest trajectory
 LONG_ROUNDS = int(os.environ.get("CLBENCH_BENCH_ROUNDS", "1"))  # a 600-class run takes minutes
 
