@@ -32,7 +32,9 @@ numbers compare a setting with its neighbours at that stage, not with the final 
 
 Cost (defaults, one thread, CPU seconds on the 2-core dev machine; wall time matches when the machine
 is otherwise idle): 1.3-1.5 s per class up to 100 classes (GAN steps ~0.9 s, classifier ~0.5 s), i.e.
-2.1-2.5 minutes per 100 classes; COST600 The knobs are ``iters`` and ``solver_iters``.
+2.1-2.5 minutes per 100 classes. Per class the GAN cost stays flat (fixed steps; the generator grows
+by a quarter of its initial width per expansion) while replay keeps the classifier's batch fixed, so a
+600-class run is estimated at 13-16 minutes (not measured). The knobs are ``iters`` and ``solver_iters``.
 """
 
 from __future__ import annotations
