@@ -7,8 +7,10 @@ input is reported in one line before anything is computed, and never touches sto
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from clbench import registry
@@ -140,10 +142,15 @@ def _cmd_run(args, argv) -> int:
     root = str(locate(rc.data_root)[0] or data.root)
     from dataclasses import replace
 
+    from clbench.results import Store
+
+    # The store keeps the commands that wrote it, so its leaderboard can say how it was produced.
+    Store(rc.out, COMMANDS).append_json([{"command": _command_line(argv), "git": _git_sha(),
+                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
     store = runner.run(replace(rc, data_root=root))
     from clbench import leaderboard
 
-    text = leaderboard.render(store.rows(), _command_line(argv), _git_sha())
+    text = leaderboard.render(store.rows(), _command_line(argv), _git_sha(), **_provenance(rc.out))
     (Path(rc.out) / "leaderboard.md").write_text(text)
     print(text)
     return 0
@@ -166,6 +173,18 @@ def _store_rows(store: str):
     return rows
 
 
+COMMANDS = "commands.jsonl"
+
+
+def _provenance(store) -> dict:
+    """The run commands and the selection records kept beside a store's rows (absent files: none)."""
+    def records(name: str) -> list[dict]:
+        path = Path(store) / name
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    return {"commands": [r["command"] for r in records(COMMANDS)], "selection": records("selection.jsonl")}
+
+
 def _command_line(argv: list[str]) -> str:
     return "clbench " + " ".join(shlex.quote(a) for a in argv)
 
@@ -174,7 +193,7 @@ def _cmd_leaderboard(args, argv) -> int:
     from clbench import leaderboard
 
     rows = _store_rows(args.store)
-    text = leaderboard.render(rows, _command_line(argv), _git_sha())
+    text = leaderboard.render(rows, _command_line(argv), _git_sha(), **_provenance(args.store))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)

@@ -62,7 +62,25 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
     return lines
 
 
-def render(rows: Sequence[Row], command: str, git_sha: str = "") -> str:
+def _selection_lines(selection: Sequence[dict]) -> list[str]:
+    """One line per (method, config): the grid searched and the validation seeds it was scored on."""
+    seen: dict[tuple, dict] = {}
+    for rec in selection:
+        seen.setdefault((rec["method"], rec.get("profile", ""), rec["config_hash"]), rec)
+    lines = []
+    for (method, profile, chash), rec in sorted(seen.items(), key=lambda kv: _order(kv[0][0])):
+        grid = "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in rec["grid"])
+        seeds = rec["val_seeds"]
+        lines.append(f"- {_label(method, profile, chash, False)}: {len(rec['grid'])} values ({grid}); "
+                     f"validation trajectories per value: {len(seeds)} (seeds {', '.join(map(str, seeds))}); "
+                     f"winner: best mean accuracy on {rec.get('scored_on', 'train')} images")
+    return lines
+
+
+def render(rows: Sequence[Row], command: str, git_sha: str = "", commands: Sequence[str] = (),
+           selection: Sequence[dict] = ()) -> str:
+    """Markdown tables from result rows. ``commands``: the `clbench run` commands that wrote the store;
+    ``selection``: its selection records (selection.jsonl), summarised as grid and validation seeds."""
     if not rows:
         raise ValueError("no result rows to render: run `clbench run` first or point --store at its --out")
     df = aggregate(list(rows))
@@ -95,6 +113,10 @@ def render(rows: Sequence[Row], command: str, git_sha: str = "") -> str:
         "",
         *_table(df, "test", lengths, "selected"),
     ]
+    if selection:
+        out += ["", *_selection_lines(selection)]
+    if commands:
+        out += ["", "## Runs that wrote these results", "", *(f"- `{c}`" for c in dict.fromkeys(commands))]
     if extras:
         out += ["", "## Method-specific figures (test split, mean over seeds)", "",
                 "| method | n | " + " | ".join(e.removeprefix("extra.") for e in extras) + " |",

@@ -32,7 +32,9 @@ def test_run_writes_rows_and_leaderboard(store):
     naive_test = [r for r in rows if r.method == "naive" and r.split == "test"]
     assert all(r.forgetting is not None and r.bwt is not None for r in naive_test)
     board = (store / "leaderboard.md").read_text()
-    assert "| chance (1/N) | 0.100 |" in board and "| oracle |" in board and "clbench run --methods" in board
+    assert "| chance (1/N) | 0.100 |" in board and "| oracle |" in board
+    # The store remembers the command that wrote it; the leaderboard names it.
+    assert "## Runs that wrote these results" in board and "- `clbench run --methods naive,oracle --lengths 10" in board
 
 
 def test_rerun_skips_stored_cells(store, capsys):

@@ -65,3 +65,15 @@ def test_leaderboard_interval_is_clipped_to_valid_accuracies():
     # Two seeds at 0.1 and 0.9: t(1 df) = 12.71, half-width 12.71 * 0.566 / sqrt(2) = 5.08, far past [0, 1].
     text = render([row(seed=0, acc=0.1), row(seed=1, acc=0.9)], "cmd")
     assert "| [0.000, 1.000] (n=2) |" in text
+
+
+def test_leaderboard_names_the_selection_grid_and_the_runs():
+    from clbench.leaderboard import render
+
+    sel = [{"method": "naive", "profile": "default", "config_hash": "c1", "n_classes": n, "grid": [{"lr": 0.1}, {"lr": 0.01}],
+            "val_seeds": [10000, 10001], "scored_on": "train"} for n in (10, 50)]
+    text = render([row(seed=0), row(seed=1)], "cmd", commands=["clbench run a", "clbench run a", "clbench run b"],
+                  selection=sel)
+    assert text.count("validation trajectories per value: 2 (seeds 10000, 10001)") == 1
+    assert "2 values (lr=0.1; lr=0.01)" in text and "best mean accuracy on train images" in text
+    assert text.count("- `clbench run a`") == 1 and "- `clbench run b`" in text
