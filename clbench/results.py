@@ -114,11 +114,18 @@ class Store:
 
 
 def aggregate(rows: list[Row]):
-    """A DataFrame: one line per (method, profile, config hash, n_classes, split) with mean, std, ci95, n."""
+    """A DataFrame: one line per (method, profile, config hash, n_classes, split) with mean, std, ci95, n.
+
+    A trajectory counts once: rows of the same (method, profile, config, length, seed, split, stream)
+    under different run ids (a cell re-run after a change of what its run id hashes) keep the newest.
+    """
     import pandas as pd
 
+    latest: dict[tuple, Row] = {}
+    for r in rows:  # stores are append-only: a later row is newer
+        latest[r.method, r.profile, r.config_hash, r.n_classes, r.seed, r.split, r.stream_hash] = r
     groups: dict[tuple, list[Row]] = {}
-    for r in rows:
+    for r in latest.values():
         groups.setdefault((r.method, r.profile, r.config_hash, r.n_classes, r.split), []).append(r)
     records = []
     for (method, profile, chash, n, split), rs in sorted(groups.items()):

@@ -70,10 +70,19 @@ def test_leaderboard_interval_is_clipped_to_valid_accuracies():
 def test_leaderboard_names_the_selection_grid_and_the_runs():
     from clbench.leaderboard import render
 
-    sel = [{"method": "naive", "profile": "default", "config_hash": "c1", "n_classes": n, "grid": [{"lr": 0.1}, {"lr": 0.01}],
-            "val_seeds": [10000, 10001], "scored_on": "train"} for n in (10, 50)]
+    sel = [{"method": "naive", "profile": "default", "config_hash": "c1", "n_classes": n,
+            "grid": [{"lr": 0.1}, {"lr": 0.01}], "val_seeds": [10000, 10001], "scored_on": "train"} for n in (10, 50)]
     text = render([row(seed=0), row(seed=1)], "cmd", commands=["clbench run a", "clbench run a", "clbench run b"],
                   selection=sel)
     assert text.count("validation trajectories per value: 2 (seeds 10000, 10001)") == 1
     assert "2 values (lr=0.1; lr=0.01)" in text and "best mean accuracy on train images" in text
     assert text.count("- `clbench run a`") == 1 and "- `clbench run b`" in text
+
+
+def test_a_trajectory_counts_once_whatever_its_run_id():
+    import dataclasses
+
+    old = row(seed=0, acc=0.2)
+    new = dataclasses.replace(row(seed=0, acc=0.4), run_id="re-run-under-another-id")
+    (r,) = aggregate([old, new, row(seed=1, acc=0.6)]).itertuples()
+    assert r.n == 2 and r.mean == pytest.approx(0.5)  # seed 0's newest row (0.4) and seed 1
