@@ -40,3 +40,20 @@ def copy_of_omniglot(data_root, tmp_path_factory):
     dest = tmp_path_factory.mktemp("omniglot")
     shutil.copytree(Path(data_root) / "omniglot-py", dest / "omniglot-py")
     return dest
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Their networks are small, and on a shared 2-core machine two OpenMP threads per process can spin
+    against other processes and run many times slower than one; bit-identical checks (resumed
+    meta-training, fast vs plain meta-test) also need a fixed thread count. Module scope, so that the
+    module's own module-scoped fixtures (trained strategies) run on one thread too.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

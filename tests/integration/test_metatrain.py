@@ -21,14 +21,7 @@ ANML_TINY = dict(in_channels=3, nm_channels=8, pln_channels=16, n_outputs=1000)
 OML_TINY = dict(image_size=28, channels=16, hidden=0, n_outputs=1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Bit-identical resumption needs a fixed thread count, and on a shared 2-core machine two
-    # OpenMP threads per process can spin against other processes and run many times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

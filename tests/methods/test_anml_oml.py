@@ -30,14 +30,7 @@ def ci_context(n_classes: int, seed: int = 0) -> BuildContext:
     return BuildContext(n_classes=n_classes, classes_per_exp=1, seed=seed, device="cpu", profile="ci")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These networks are small; on a shared 2-core machine two OpenMP threads per process can spin
-    # against other processes and run many times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="session")

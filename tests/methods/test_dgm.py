@@ -23,12 +23,7 @@ from methods._dgm_nets import jitter  # noqa: E402
 SHORT = dict(iters=20, first_iters=60, solver_iters=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _run(omniglot, n: int, seed: int = 0, **fields):

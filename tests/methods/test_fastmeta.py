@@ -23,12 +23,7 @@ TINY = {"anml": {"nm_channels": 4, "pln_channels": 8, "meta_steps": 0},
 LR = {("anml", "adam"): 1e-2, ("anml", "sgd"): 3e-2, ("oml", "adam"): 3e-2, ("oml", "sgd"): 3e-2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ K = 10  # the default classes_per_task
 EPOCHS = 20  # half the default: enough to fit a task's 150 training images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _strategy(n: int, seed: int = 0, **fields):

@@ -13,14 +13,7 @@ import torch
 from clbench.metatrain import Recipe, meta_objective
 from methods._metanets import ANMLNet, OMLNet, init_kaiming
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is faster, and on a shared machine two can spin against other processes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {
