@@ -42,6 +42,10 @@ def local(jobs: Sequence[Job]) -> Iterator[tuple[int, list[Outcome]]]:
 
 
 def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, list[Outcome]]]:
+    # Ray's `uv run` integration would start each worker with the driver's `uv run ...` command line in
+    # a packed copy of the working directory (a fresh environment per Ray instance, and a failure when
+    # that copy lacks uv.lock): workers here use this interpreter and its installed clbench instead.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray as ray_lib
     except ImportError:
