@@ -180,7 +180,10 @@ def _provenance(store) -> dict:
     """The run commands and the selection records kept beside a store's rows (absent files: none)."""
     def records(name: str) -> list[dict]:
         path = Path(store) / name
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        # Complete lines only: a writer killed mid-line leaves a torn tail (the next append cuts it).
+        return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
     return {"commands": [r["command"] for r in records(COMMANDS)], "selection": records("selection.jsonl")}
 
