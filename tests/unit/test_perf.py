@@ -52,6 +52,15 @@ def test_reference_for_another_length_is_not_compared():
     assert row.endswith("| - | - |")
 
 
+def test_a_reduced_protocol_is_not_set_against_the_whole_reference():
+    full = dict(n_classes=600, val_seeds=10, seeds=10, grid=[1e-3] * 14)
+    reduced = ({**full, "val_seeds": 2, "seeds": 2}, {**full, "n_classes": 50})
+    for info, compared in ((full, True), (reduced[0], False), (reduced[1], False)):
+        data = {**DATA, "benchmarks": [_bench("test_anml_meta_test_protocol", 180.0, **info)]}
+        row = next(line for line in perf.render(data, "cmd").splitlines() if "`test_anml_meta_test_protocol`" in line)
+        assert row.endswith("| 200.0x |") == compared, row
+
+
 def test_main_writes_the_file_and_rejects_a_missing_json(tmp_path, capsys):
     src, out = tmp_path / "perf.json", tmp_path / "out" / "perf.md"
     src.write_text(json.dumps(DATA))
