@@ -7,7 +7,6 @@ input is reported in one line before anything is computed, and never touches sto
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -178,14 +177,10 @@ COMMANDS = "commands.jsonl"
 
 def _provenance(store) -> dict:
     """The run commands and the selection records kept beside a store's rows (absent files: none)."""
-    def records(name: str) -> list[dict]:
-        path = Path(store) / name
-        if not path.exists():
-            return []
-        # Complete lines only: a writer killed mid-line leaves a torn tail (the next append cuts it).
-        return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    from clbench.results import Store
 
-    return {"commands": [r["command"] for r in records(COMMANDS)], "selection": records("selection.jsonl")}
+    return {"commands": [r["command"] for r in Store(store, COMMANDS).records()],
+            "selection": Store(store, "selection.jsonl").records()}
 
 
 def _command_line(argv: list[str]) -> str:

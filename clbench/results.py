@@ -99,15 +99,19 @@ class Store:
             finally:
                 os.close(fd)
 
-    def rows(self) -> list[Row]:
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete line as a dict (none when the file does not exist yet)."""
         if not self.path.exists():
             return []
         out = []
         for line in self.path.read_text().splitlines(keepends=True):
             if not line.endswith("\n"):
-                break  # torn last line of a killed writer
-            out.append(Row.from_dict(json.loads(line)))
+                break  # torn last line of a killed writer (the next append cuts it)
+            out.append(json.loads(line))
         return out
+
+    def rows(self) -> list[Row]:
+        return [Row.from_dict(rec) for rec in self.records()]
 
     def done_run_ids(self) -> set[str]:
         return {r.run_id for r in self.rows()}

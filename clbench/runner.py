@@ -138,9 +138,7 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
         return _hash({"method": method, "config": chash, "values": g, "seed": seed, "n": n})
 
     validation = Store(store_dir, "validation.jsonl")
-    scores: dict[str, float] = {}
-    if validation.path.exists():
-        scores = {rec["key"]: rec["train_acc"] for rec in map(json.loads, validation.path.read_text().splitlines())}
+    scores = {rec["key"]: rec["train_acc"] for rec in validation.records()}
     jobs, where = [], []
     for gi, g in enumerate(grid):
         for seed in val_seeds:

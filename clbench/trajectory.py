@@ -86,6 +86,16 @@ def predict(strategy, x, device: str):
     return torch.cat(out)
 
 
+def accuracy(logits, y) -> float | None:
+    """Argmax accuracy over the whole head, or None when the model diverged: a non-finite logit other
+    than -inf (which a method may use to rule a class out). Both meta-test paths score with it."""
+    import torch
+
+    if not bool(torch.isfinite(logits[logits != -math.inf]).all()):
+        return None
+    return (logits.argmax(1) == y).float().mean().item()
+
+
 def run_job(job: Job) -> list[Outcome]:
     """Train ``job.method`` on the trajectory of the longest length; evaluate at every length asked for."""
     import torch
@@ -132,9 +142,8 @@ def run_job(job: Job) -> list[Outcome]:
         for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
             x, y = x[y < n], y[y < n]
             logits = predict(strategy, x, job.device)
-            finite = bool(torch.isfinite(logits[logits != -math.inf]).all())
-            diverged |= not finite
-            acc[split] = (logits.argmax(1) == y).float().mean().item() if finite else None
+            acc[split] = accuracy(logits, y)
+            diverged |= acc[split] is None
             n_samples[split] = len(y)
             if hasattr(strategy, "report"):
                 extra[split] = dict(strategy.report(x, y))

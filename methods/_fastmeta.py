@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
@@ -49,8 +48,8 @@ import torch.nn.functional as F
 
 from clbench import registry
 from clbench.config import config_dict, resolve_method_config
-from clbench.streams import N_TRAIN_PER_CLASS, make_trajectory, to_tensor
-from clbench.trajectory import Job, Outcome, _omniglot, _peak_mem_mb, run_job
+from clbench.streams import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, make_trajectory, to_tensor
+from clbench.trajectory import Job, Outcome, _omniglot, _peak_mem_mb, accuracy, run_job
 
 FORMAT = 1  # bump when the feature cache's layout or meaning changes
 EVAL_CHUNK = 512  # MetaTest.predict's chunk: the same matrix shapes give the same logits
@@ -60,6 +59,8 @@ BATCH = {"cpu": 16, "cuda": 160}  # trajectories run together (CLBENCH_FASTMETA_
 BATCHED: bool | None = None  # one kernel over all trajectories per op; None: on CUDA only (tests set it)
 
 Split = Callable[[torch.nn.Module], tuple[Callable, list[torch.nn.Linear]]]
+# Drawings of a character in the pool's order: the trajectory's training images, then its test images.
+TRAIN, TEST = range(N_TRAIN_PER_CLASS), range(N_TRAIN_PER_CLASS, N_TRAIN_PER_CLASS + N_TEST_PER_CLASS)
 
 
 def batch_limit(device: str) -> int:
@@ -349,8 +350,8 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
         for k, j in enumerate(active):
             job = jobs[j]
             if matrices[j] is not None and seen <= job.matrix_max:
-                test = _rows(classes[j][:seen], range(15, 20)).to(device)
-                y_test = torch.arange(seen).repeat_interleave(5)
+                test = _rows(classes[j][:seen], TEST).to(device)
+                y_test = torch.arange(seen).repeat_interleave(len(TEST))
                 correct = (heads.logits(k, eval_rows[test]).argmax(1) == y_test).float()
                 matrices[j].append([correct[y_test == u].mean().item() for u in range(seen)])
             if seen in job.lengths:
@@ -367,7 +368,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
 
 
 def _rows(class_ids: torch.Tensor, drawers) -> torch.Tensor:
-    return (class_ids[:, None] * 20 + torch.tensor(list(drawers))[None, :]).reshape(-1)
+    return (class_ids[:, None] * (len(TRAIN) + len(TEST)) + torch.tensor(list(drawers))[None, :]).reshape(-1)
 
 
 def _evaluate(heads: Heads, k: int, job: Job, class_ids, eval_rows, pool, data_hash: str, matrix,
@@ -378,12 +379,11 @@ def _evaluate(heads: Heads, k: int, job: Job, class_ids, eval_rows, pool, data_h
     acc: dict[str, float | None] = {}
     n_samples: dict[str, int] = {}
     diverged = False
-    for split, drawers in (("train", range(15)), ("test", range(15, 20))):
+    for split, drawers in (("train", TRAIN), ("test", TEST)):
         y = torch.arange(n).repeat_interleave(len(drawers))
         logits = heads.logits(k, eval_rows[_rows(class_ids, drawers).to(eval_rows.device)])
-        finite = bool(torch.isfinite(logits[logits != -math.inf]).all())
-        diverged |= not finite
-        acc[split] = (logits.argmax(1) == y).float().mean().item() if finite else None
+        acc[split] = accuracy(logits, y)
+        diverged |= acc[split] is None
         n_samples[split] = len(y)
     return Outcome(
         n_classes=n, status="diverged" if diverged else "ok", acc=acc, n_samples=n_samples,
