@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "perf":
             from clbench import perf
 
-            return perf.main(["--json", args.json, "--output", args.output])
+            return perf.main(args.json, args.output)
         if args.command == "ls":
             return _cmd_ls(args)
         if args.command == "leaderboard":

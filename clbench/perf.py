@@ -10,7 +10,6 @@ machine the figures come from. Reads JSON and writes markdown only (no torch imp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -207,13 +206,10 @@ def render(data: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clbench perf", description="results/perf.md from a benchmark JSON")
-    parser.add_argument("--json", default="results/perf.json", help="pytest-benchmark JSON (--benchmark-json)")
-    parser.add_argument("--output", default="results/perf.md", help="markdown file to write")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+def main(json_path: str, output: str) -> int:
+    """``clbench perf``: write ``output`` from the pytest-benchmark JSON at ``json_path``."""
     try:
-        path = Path(args.json)
+        path = Path(json_path)
         if not path.is_file():
             raise UsageError(f"{path} not found: run `uv run pytest benchmarks --benchmark-only "
                              f"--benchmark-json={path}` first")
@@ -226,12 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"clbench perf: error: {e}", file=sys.stderr)
         return 2
-    text = render(data, f"clbench perf --json {args.json} --output {args.output}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    print(f"wrote {args.output} ({len(data['benchmarks'])} benchmarks)")
+    text = render(data, f"clbench perf --json {json_path} --output {output}")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(text)
+    print(f"wrote {output} ({len(data['benchmarks'])} benchmarks)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

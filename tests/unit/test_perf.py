@@ -64,7 +64,7 @@ def test_a_reduced_protocol_is_not_set_against_the_whole_reference():
 def test_main_writes_the_file_and_rejects_a_missing_json(tmp_path, capsys):
     src, out = tmp_path / "perf.json", tmp_path / "out" / "perf.md"
     src.write_text(json.dumps(DATA))
-    assert perf.main(["--json", str(src), "--output", str(out)]) == 0
+    assert perf.main(str(src), str(out)) == 0
     assert out.read_text().startswith("# clbench performance")
-    assert perf.main(["--json", str(tmp_path / "none.json"), "--output", str(out)]) == 2
+    assert perf.main(str(tmp_path / "none.json"), str(out)) == 2
     assert "not found" in capsys.readouterr().err
