@@ -6,8 +6,8 @@ Run them all with one command (never collected by the plain ``pytest``, whose te
     uv run clbench perf --json results/perf.json --output results/perf.md
 
 Everything runs on one torch thread (the harness's per-job default; ``CLBENCH_BENCH_THREADS`` changes it),
-so figures compare across machines with different core counts; the thread count, load average and library versions go into the
-JSON's ``machine_info``. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
+so figures compare across machines with different core counts; the thread count, load average and library
+versions go into the JSON's ``machine_info``. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
 one-minute try), ``CLBENCH_BENCH_ROUNDS`` (rounds of the whole-trajectory benchmarks, 1) and
 ``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of methods/_lean.py).
 results/perf.md says which settings its figures come from.

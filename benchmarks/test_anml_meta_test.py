@@ -148,7 +148,7 @@ def test_anml_meta_test_protocol(benchmark, load, cache, monkeypatch, threads, n
     def protocol():
         rc = RunConfig(methods=("anml",), lengths=lengths, seeds=tuple(range(SEEDS)), val_seeds=VAL_SEEDS,
                        out=cache / f"run{next(rounds)}", profile="paper", device=DEVICE, reference=False,
-                       threads=threads, method_overrides={"anml": RANDOM_INIT})
+                       threads=threads, method_overrides={"anml": {**RANDOM_INIT, "optimizer": OPTIMIZER}})
         return runner.run(rc, progress=lambda msg: None)
 
     t0 = time.perf_counter()
@@ -157,7 +157,8 @@ def test_anml_meta_test_protocol(benchmark, load, cache, monkeypatch, threads, n
     rows = store.rows()
     steps = sum(15 * max(job.lengths) for job in jobs) // long_rounds
     benchmark.extra_info.update(
-        lengths=list(lengths), grid=list(grid), val_seeds=VAL_SEEDS, seeds=SEEDS, device=DEVICE, threads=threads,
+        lengths=list(lengths), grid=list(grid), val_seeds=VAL_SEEDS, seeds=SEEDS, optimizer=OPTIMIZER, device=DEVICE,
+        threads=threads,
         n_classes=max(lengths), trajectories=len(jobs) // long_rounds, steps=steps,
         select_s=phases["select_s"] / long_rounds, reported_s=total - phases["select_s"] / long_rounds,
         features_s=phases["features_s"] / long_rounds,  # frozen features of the images used (in both phases)

@@ -22,6 +22,7 @@ import urllib.request
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,10 @@ def load_omniglot(data_root: str | os.PathLike | None = None, *, size: int = 28,
 
     return Omniglot(background=pool(SETS[0]), evaluation=pool(SETS[1]), content_hash=content, root=root,
                     size=size)
+
+
+@lru_cache(maxsize=4)
+def loaded(data_root: str | os.PathLike | None, size: int = 28) -> Omniglot:
+    """``load_omniglot`` once per process and (root, size): its check of the folder stats every one of
+    the 32,460 files (half a second), too slow for each job or strategy built in a process."""
+    return load_omniglot(data_root, size=size)

@@ -303,10 +303,10 @@ def checkpoint_dir(cache_dir, method: str, key: dict) -> Path:
 def locate(method: str, cfg, ctx) -> tuple[Recipe, dict, Path]:
     """The recipe, checkpoint key and checkpoint folder for ``cfg`` in the context ``ctx``."""
     from clbench import registry
-    from clbench.data import load_omniglot
+    from clbench.data import loaded
 
     r = registry.load(method).meta_recipe(cfg)
-    key = r.key(ctx.profile, load_omniglot(ctx.data_root, size=r.image_size).content_hash)
+    key = r.key(ctx.profile, loaded(ctx.data_root, r.image_size).content_hash)
     return r, key, checkpoint_dir(ctx.cache_dir, method, key)
 
 

@@ -104,14 +104,16 @@ def plan(rc: RunConfig) -> list[Cell]:
 
 
 def _jobs(rc: RunConfig, method: str, seed: int, lengths, extra: dict[str, Any] | None = None,
-          matrix: bool = True) -> list[Job]:
-    """One job over all ``lengths`` when the method is nested (one pass serves them all), else one each."""
+          validation: bool = False) -> list[Job]:
+    """One job over all ``lengths`` when the method is nested (one pass serves them all), else one each.
+    A validation job fills no accuracy matrix and scores the training images only (what selection reads)."""
     lengths = sorted(set(lengths))
     groups = [tuple(lengths)] if registry.load(method).SPEC.nested else [(n,) for n in lengths]
     overrides = {**rc.method_overrides.get(method, {}), **(extra or {})}
     return [Job(method=method, profile=rc.profile, overrides=overrides, lengths=g, seed=seed, device=rc.device,
                 data_root=rc.data_root, cache_dir=str(default_cache_dir()),
-                matrix_max=rc.matrix_max if matrix else 0, threads=rc.threads) for g in groups]
+                matrix_max=0 if validation else rc.matrix_max, threads=rc.threads,
+                splits=("train",) if validation else ("train", "test")) for g in groups]
 
 
 def _winner(grid: list[dict], scores: list[list[float]]) -> tuple[int, list[float]]:
@@ -143,7 +145,7 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
     for gi, g in enumerate(grid):
         for seed in val_seeds:
             todo = [n for n in lengths if key(g, seed, n) not in scores]
-            for job in _jobs(rc, method, seed, todo, g, matrix=False) if todo else []:
+            for job in _jobs(rc, method, seed, todo, g, validation=True) if todo else []:
                 jobs.append(job)
                 where.append(gi)
     for i, outcomes in execute(jobs, rc.executor, rc.address):

@@ -13,7 +13,6 @@ import resource
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ class Job:
     cache_dir: str | None = None
     matrix_max: int = 0  # compute R[t][u] on test images for lengths up to matrix_max
     classes_per_exp: int = 1
+    splits: tuple[str, ...] = ("train", "test")  # evaluated at each length (selection needs "train" only)
     # Torch threads: fixed per job because a different thread count changes the bits of the result.
     threads: int = 1
 
@@ -53,13 +53,6 @@ class Outcome:
     checkpoint_hash: str | None
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> method-specific figures
     threads: int = 0
-
-
-@lru_cache(maxsize=4)
-def _omniglot(data_root: str | None, size: int):
-    from clbench.data import load_omniglot
-
-    return load_omniglot(data_root, size=size)
 
 
 def _peak_mem_mb(device: str) -> float:
@@ -103,6 +96,7 @@ def run_job(job: Job) -> list[Outcome]:
 
     from clbench import registry
     from clbench.config import resolve_method_config
+    from clbench.data import loaded
     from clbench.streams import make_trajectory, to_avalanche, to_tensor
 
     torch.set_num_threads(job.threads)
@@ -113,7 +107,7 @@ def run_job(job: Job) -> list[Outcome]:
         raise ValueError(f"{job.method} is not nested: one length per job")
     cfg = resolve_method_config(module, job.profile, job.overrides)
     size = module.image_size(cfg) if hasattr(module, "image_size") else 28
-    data = _omniglot(job.data_root, size)
+    data = loaded(job.data_root, size)
     n_max = max(job.lengths)
     traj = make_trajectory(data.evaluation, n_max, job.seed, job.classes_per_exp)
     bench = to_avalanche(traj)
@@ -140,6 +134,8 @@ def run_job(job: Job) -> list[Outcome]:
         extra: dict[str, dict[str, Any]] = {}
         diverged = False
         for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+            if split not in job.splits:
+                continue
             x, y = x[y < n], y[y < n]
             logits = predict(strategy, x, job.device)
             acc[split] = accuracy(logits, y)

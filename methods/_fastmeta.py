@@ -2,23 +2,23 @@
 
 Meta-test trains only the last layers (``split(model)``: ANML's head, OML's prediction net) on top of
 frozen ones, and every frozen layer normalises per sample or not at all, so an image's frozen features
-depend on nothing but the checkpoint and the image. They are computed once per (checkpoint, image);
-each batch-1 step is then a Linear forward and backward plus the optimiser update. The result is the
-Avalanche strategy's (``build_meta_test``), not an approximation of it:
+depend on nothing but the checkpoint and the image. They are computed once per (checkpoint, image), in
+batches, and cached on disk; each batch-1 step is then a Linear forward and backward plus the optimiser
+update. The result is the Avalanche strategy's (``build_meta_test``), not an approximation of it:
 
 - same images in the same order: per seed, ``module.build`` runs after the same seeding as in
   ``run_job`` (it draws the model's init from the global RNG), then each experience's order is drawn by
   ``methods._lean.TensorBatches``, the lean loop's own sampler, which makes the same draws;
 - same start: the trainable layers are copied from that built strategy (its seeded head reset);
-- same features: training steps read features computed one image at a time, evaluation reads them
-  computed in batches, as the strategy computes them (CPU convolutions round differently at batch 1);
+- same features, to float rounding: the strategy runs the frozen layers on one image per step, the
+  table on 20 at a time (CPU convolutions round differently per batch size, ~1e-7 relative);
 - same maths per step: ``F.linear``, cross-entropy through autograd for the gradient w.r.t. the
-  logits, the rank-1 weight gradient ``g h^T`` (one product per element: exact however it is
-  computed), and torch.optim's single-tensor Adam/SGD formula (same op order, eps after the bias-
-  corrected square root, step size ``lr / (1 - beta1^t)``).
-  On the development CPU (one thread) the trained weights, and so every accuracy, came out equal to
-  the strategy's bit for bit; tests/methods/test_fastmeta.py asks 1e-5 and identical accuracies.
-  Elsewhere (CUDA, several threads) expect float tolerance.
+  logits, the rank-1 weight gradient ``g h^T``, and torch.optim's single-tensor Adam/SGD formula (same
+  op order, eps after the bias-corrected square root, step size ``lr / (1 - beta1^t)``);
+- plain SGD on one Linear (ANML's head, the paper's meta-test) runs blocks of up to 75 steps as two
+  matrix products (``Heads.sgd_block``): the same updates, regrouped.
+tests/methods/test_fastmeta.py asks the strategy's trained weights to 1e-5 and identical accuracies
+(Adam and SGD, ANML and OML, stacked or alone, blocked or not).
 
 Trajectories (step sizes x seeds) that share a checkpoint run together: weights and optimiser state
 are stacked [K, out, in], each trajectory gathers its own image per step from the feature table.
@@ -28,7 +28,8 @@ updated in blocks of rows with preallocated buffers, so the unfused update's ~20
 temporaries (a fresh 9 MB allocation each in torch.optim) stay in cache. Measured on the loaded 2-core
 development EPYC, one Adam step of the 2304 x 1000 head: 5-6 ms, against 8-15 ms for autograd plus
 torch.optim.Adam on the same bare head and 15 ms for the strategy, whose step also runs the frozen
-network (SGD: 1.0, 1.3-1.5 and 9.4 ms).
+network. Blocked SGD is compute bound instead (~9 MFLOP per step in matrix products): 0.3 ms per
+trajectory-step over the whole 600-class protocol on 2 cores, evaluation included (results/perf-protocol.md).
 """
 
 from __future__ import annotations
@@ -48,23 +49,29 @@ import torch.nn.functional as F
 
 from clbench import registry
 from clbench.config import config_dict, resolve_method_config
+from clbench.data import loaded
 from clbench.streams import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, make_trajectory, to_tensor
-from clbench.trajectory import Job, Outcome, _omniglot, _peak_mem_mb, accuracy, run_job
+from clbench.trajectory import Job, Outcome, _peak_mem_mb, accuracy, run_job
 
-FORMAT = 1  # bump when the feature cache's layout or meaning changes
+FORMAT = 2  # bump when the feature cache's layout or meaning changes
 EVAL_CHUNK = 512  # MetaTest.predict's chunk: the same matrix shapes give the same logits
 BLOCK_ROWS = 128  # CPU update blocks: 128 x 2304 floats per tensor, working set within L3
-FEATURE_BATCH = 500  # images per batched feature forward
+FEATURE_BATCH = 20  # images per feature forward; paper size: 2.4 ms per image, 3.4 at 500 (cache misses)
+BLOCK_EXPERIENCES = 5  # SGD on one Linear: experiences trained as one block (75 steps, Heads.sgd_block)
 BATCH = {"cpu": 16, "cuda": 160}  # trajectories run together (CLBENCH_FASTMETA_BATCH overrides)
 BATCHED: bool | None = None  # one kernel over all trajectories per op; None: on CUDA only (tests set it)
 
 Split = Callable[[torch.nn.Module], tuple[Callable, list[torch.nn.Linear]]]
 # Drawings of a character in the pool's order: the trajectory's training images, then its test images.
-TRAIN, TEST = range(N_TRAIN_PER_CLASS), range(N_TRAIN_PER_CLASS, N_TRAIN_PER_CLASS + N_TEST_PER_CLASS)
+DRAWINGS = N_TRAIN_PER_CLASS + N_TEST_PER_CLASS
+TRAIN, TEST = range(N_TRAIN_PER_CLASS), range(N_TRAIN_PER_CLASS, DRAWINGS)
 
 
-def batch_limit(device: str) -> int:
-    return int(os.environ.get("CLBENCH_FASTMETA_BATCH") or BATCH.get(torch.device(device).type, 16))
+def batch_limit(device: str, sgd: bool) -> int:
+    """Trajectories per batch. Blocked SGD (``Heads.sgd_block``) keeps nothing but the weights and reads
+    them once per block: as many as on CUDA (one shared set-up per seed, the largest matrix products)."""
+    kind = "cuda" if sgd else torch.device(device).type
+    return int(os.environ.get("CLBENCH_FASTMETA_BATCH") or BATCH.get(kind, 16))
 
 
 def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outcome]]]:
@@ -84,7 +91,8 @@ def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outc
         groups.setdefault(json.dumps([repr(key), config_dict(cfg)]), []).append(i)
     for idx in groups.values():
         idx.sort(key=lambda i: -max(jobs[i].lengths))
-        limit = batch_limit(jobs[idx[0]].device)
+        cfg = resolve_method_config(registry.load(jobs[idx[0]].method), jobs[idx[0]].profile, jobs[idx[0]].overrides)
+        limit = batch_limit(jobs[idx[0]].device, cfg.optimizer == "sgd")
         for b in range(0, len(idx), limit):
             chunk = idx[b:b + limit]
             yield from zip(chunk, _run_batch([jobs[i] for i in chunk], split), strict=True)
@@ -92,31 +100,27 @@ def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outc
 
 # ------------------------------------------------------------------------------------------ features
 class Features:
-    """Frozen features of the meta-test pool, filled class by class: ``step[c, d]`` of training drawing
-    ``d`` computed alone (as a training step sees it), ``batched[c, d]`` of every drawing computed in a batch."""
+    """Frozen features of the meta-test pool, filled class by class: ``rows[c * 20 + d]`` is drawing ``d``
+    of class ``c``, computed in batches (training steps and evaluation read the same rows)."""
 
-    def __init__(self, step: torch.Tensor, batched: torch.Tensor, done: torch.Tensor):
-        self.step, self.batched, self.done = step, batched, done
+    def __init__(self, rows: torch.Tensor, done: torch.Tensor):
+        self.rows, self.done = rows, done
 
     @classmethod
     def empty(cls, n_classes: int, drawings: int, dim: int, device) -> Features:
-        return cls(torch.zeros(n_classes, N_TRAIN_PER_CLASS, dim, device=device),
-                   torch.zeros(n_classes, drawings, dim, device=device), torch.zeros(n_classes, dtype=torch.bool))
+        return cls(torch.zeros(n_classes * drawings, dim, device=device), torch.zeros(n_classes, dtype=torch.bool))
 
     @torch.no_grad()
     def fill(self, frozen: Callable, images: np.ndarray, classes) -> bool:
         """Compute the classes not done yet; True when there were any."""
         todo = [c for c in sorted(set(classes)) if not self.done[c]]
         drawings = images.shape[1]
+        table = self.rows.view(len(self.done), drawings, -1)
         per = max(1, FEATURE_BATCH // drawings)
         for i in range(0, len(todo), per):
             cls = todo[i:i + per]
-            x = to_tensor(images[cls].reshape(-1, *images.shape[2:])).to(self.step.device)
-            self.batched[cls] = frozen(x).reshape(len(cls), drawings, -1)
-            for j, c in enumerate(cls):
-                for d in range(N_TRAIN_PER_CLASS):
-                    k = j * drawings + d
-                    self.step[c, d] = frozen(x[k:k + 1])[0]
+            x = to_tensor(images[cls].reshape(-1, *images.shape[2:])).to(self.rows.device)
+            table[cls] = frozen(x).reshape(len(cls), drawings, -1)
             self.done[cls] = True
         return bool(todo)
 
@@ -138,7 +142,7 @@ def _features(job: Job, model, frozen: Callable, images: np.ndarray, classes, ch
         from safetensors.torch import load_file
 
         saved = load_file(str(path))
-        table = Features(saved["step"].to(device), saved["batched"].to(device), saved["done"].bool())
+        table = Features(saved["rows"].to(device), saved["done"].bool())
     model.eval()
     if table is None:
         dim = frozen(to_tensor(images[0, :1]).to(device)).shape[1]
@@ -148,8 +152,7 @@ def _features(job: Job, model, frozen: Callable, images: np.ndarray, classes, ch
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"step": table.step.cpu(), "batched": table.batched.cpu(), "done": table.done.to(torch.uint8)},
-                  str(tmp))
+        save_file({"rows": table.rows.cpu(), "done": table.done.to(torch.uint8)}, str(tmp))
         os.replace(tmp, path)  # atomic: a reader sees the old table or the new one
     _MEMORY[key] = table
     while len(_MEMORY) > 2:
@@ -228,6 +231,38 @@ class Heads:
         for layer, (h, g) in enumerate(zip(inputs, grads, strict=True)):
             self._update(2 * layer, g, h)  # weight: gradient g h^T
             self._update(2 * layer + 1, g, None)  # bias: gradient g
+
+    @property
+    def blockable(self) -> bool:
+        """Plain SGD on one Linear: several steps can run as one block (``sgd_block``)."""
+        return self.kind == "SGD" and len(self.params) == 2
+
+    @torch.no_grad()
+    def sgd_block(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """``B`` batch-1 SGD steps of every trajectory: features ``x`` [K, B, d], labels ``y`` [K, B].
+
+        After ``s`` steps of the block the head is ``W0 - lr * sum_{r<s} e_r x_r^T`` (bias: ``- lr * sum e_r``)
+        with ``e_r`` the cross-entropy gradient w.r.t. step r's logits, so step s's logits are the block
+        start's, ``W0 x_s + b0``, less ``lr * sum_{r<s} (x_r . x_s + 1) e_r``. The same sums as step by
+        step, regrouped: two matrix products over the whole block read the 9 MB head once per block instead
+        of three times per step, and only the [K, C] error rows stay sequential. Rounding differs from the
+        step-by-step path (1e-6 relative, tests/methods/test_fastmeta.py); the steps are the same.
+        """
+        w, b = self.params
+        k, steps = y.shape
+        lr = torch.tensor(self.lrs, dtype=w.dtype, device=w.device).view(-1, 1, 1)
+        z0 = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))  # [K, B, C]: every step's logits at W0
+        gram = torch.bmm(x, x.transpose(1, 2)).add_(1).mul_(lr)  # [K, B, B]: lr (x_r . x_s + 1)
+        err = torch.empty_like(z0)
+        at = torch.arange(k, device=w.device)
+        for s in range(steps):
+            z = z0[:, s] if s == 0 else z0[:, s] - torch.bmm(gram[:, s:s + 1, :s], err[:, :s]).squeeze(1)
+            p = torch.softmax(z, dim=1)
+            p[at, y[:, s]] -= 1
+            err[:, s] = p
+        self.t += steps
+        w.baddbmm_(err.mul_(lr).transpose(1, 2), x, alpha=-1)
+        b.sub_(err.sum(1))
 
     def _blocks(self, p: torch.Tensor):
         if self.batched:
@@ -308,7 +343,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     device = torch.device(job0.device)
     module = registry.load(job0.method)
     cfgs = [resolve_method_config(module, job.profile, job.overrides) for job in jobs]
-    data = _omniglot(job0.data_root, module.image_size(cfgs[0]) if hasattr(module, "image_size") else 28)
+    data = loaded(job0.data_root, module.image_size(cfgs[0]) if hasattr(module, "image_size") else 28)
     pool = data.evaluation
     n_max = [max(job.lengths) for job in jobs]
     seeds: dict[int, tuple] = {}
@@ -323,8 +358,6 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     table = _features(job0, strategy.model.to(device), frozen, pool.images, torch.cat(classes).tolist(),
                       checkpoint_hash, data.content_hash)
     feature_s = (time.perf_counter() - t0) / len(jobs)  # shared work, charged evenly
-    step_rows = table.step.reshape(-1, table.step.shape[-1])
-    eval_rows = table.batched.reshape(-1, table.batched.shape[-1])
     heads = Heads([seeds[job.seed][2] for job in jobs], [cfg.lr for cfg in cfgs], strategy.optimizer,
                   batched=device.type == "cuda" if BATCHED is None else BATCHED)
     heads.params = [p.to(device) for p in heads.params]
@@ -334,28 +367,35 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     train_s = [feature_s] * len(jobs)
     outcomes: list[list[Outcome]] = [[] for _ in jobs]
     matrices: list[list | None] = [[] if min(job.lengths) <= job.matrix_max else None for job in jobs]
-    for t in range(max(n_max)):
+    t = 0
+    while t < max(n_max):
         start = time.perf_counter()
-        # Row of each trajectory's image at each step of experience t: its class t's drawings in its order.
-        rows = torch.stack([classes[j][t] * N_TRAIN_PER_CLASS + seeds[jobs[j].seed][3][t] for j in active])
-        rows = rows.to(device)
-        y = torch.full((len(active),), t, device=device)
-        for s in range(N_TRAIN_PER_CLASS):
-            heads.step(step_rows[rows[:, s]], y)
+        end = _block_end(t, [jobs[j] for j in active], [n_max[j] for j in active],
+                         [matrices[j] is not None for j in active]) if heads.blockable else t + 1
+        # Row of each trajectory's image at each step of experiences t..end-1: class t's drawings in
+        # their order, then class t+1's, ...; the label of experience t is t.
+        rows = torch.stack([(classes[j][t:end, None] * DRAWINGS + seeds[jobs[j].seed][3][t:end]).reshape(-1)
+                            for j in active]).to(device)
+        y = torch.arange(t, end, device=device).repeat_interleave(N_TRAIN_PER_CLASS).expand(len(active), -1)
+        if heads.blockable:
+            heads.sgd_block(table.rows[rows], y)
+        else:
+            for s in range(rows.shape[1]):
+                heads.step(table.rows[rows[:, s]], y[:, s])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         for j in active:
             train_s[j] += (time.perf_counter() - start) / len(active)
-        seen = t + 1
+        seen = t = end
         for k, j in enumerate(active):
             job = jobs[j]
             if matrices[j] is not None and seen <= job.matrix_max:
                 test = _rows(classes[j][:seen], TEST).to(device)
                 y_test = torch.arange(seen).repeat_interleave(len(TEST))
-                correct = (heads.logits(k, eval_rows[test]).argmax(1) == y_test).float()
+                correct = (heads.logits(k, table.rows[test]).argmax(1) == y_test).float()
                 matrices[j].append([correct[y_test == u].mean().item() for u in range(seen)])
             if seen in job.lengths:
-                outcomes[j].append(_evaluate(heads, k, job, classes[j][:seen], eval_rows, pool, data.content_hash,
+                outcomes[j].append(_evaluate(heads, k, job, classes[j][:seen], table.rows, pool, data.content_hash,
                                              matrices[j], train_s[j], checkpoint_hash))
         keep = [k for k, j in enumerate(active) if n_max[j] > seen]
         if weights is not None:
@@ -367,11 +407,23 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     return outcomes
 
 
+def _block_end(t: int, jobs: list[Job], n_max: list[int], matrix: list[bool]) -> int:
+    """Where a block of experiences starting at ``t`` ends: at most ``BLOCK_EXPERIENCES`` later, at the
+    next length any trajectory is evaluated at or leaves the stack, after each experience while an
+    accuracy matrix is being filled."""
+    end = t + BLOCK_EXPERIENCES
+    for job, n, m in zip(jobs, n_max, matrix, strict=True):
+        if m and t < job.matrix_max:
+            return t + 1
+        end = min([end, n, *(length for length in job.lengths if length > t)])
+    return end
+
+
 def _rows(class_ids: torch.Tensor, drawers) -> torch.Tensor:
-    return (class_ids[:, None] * (len(TRAIN) + len(TEST)) + torch.tensor(list(drawers))[None, :]).reshape(-1)
+    return (class_ids[:, None] * DRAWINGS + torch.tensor(list(drawers))[None, :]).reshape(-1)
 
 
-def _evaluate(heads: Heads, k: int, job: Job, class_ids, eval_rows, pool, data_hash: str, matrix,
+def _evaluate(heads: Heads, k: int, job: Job, class_ids, features: torch.Tensor, pool, data_hash: str, matrix,
               train_s: float, checkpoint_hash: str) -> Outcome:
     """``run_job``'s evaluation after ``len(class_ids)`` classes: argmax over the whole head."""
     t0 = time.perf_counter()
@@ -380,8 +432,10 @@ def _evaluate(heads: Heads, k: int, job: Job, class_ids, eval_rows, pool, data_h
     n_samples: dict[str, int] = {}
     diverged = False
     for split, drawers in (("train", TRAIN), ("test", TEST)):
+        if split not in job.splits:
+            continue
         y = torch.arange(n).repeat_interleave(len(drawers))
-        logits = heads.logits(k, eval_rows[_rows(class_ids, drawers).to(eval_rows.device)])
+        logits = heads.logits(k, features[_rows(class_ids, drawers).to(features.device)])
         acc[split] = accuracy(logits, y)
         diverged |= acc[split] is None
         n_samples[split] = len(y)

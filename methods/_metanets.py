@@ -39,6 +39,21 @@ def reset_rows(linear: nn.Linear, rows, generator: torch.Generator | None = None
             linear.bias[rows.to(linear.bias.device)] = 0.0
 
 
+class MaxPool2(nn.Module):
+    """2x2 max-pool, stride 2, floor (``nn.MaxPool2d(2)``). Without autograd it takes the maximum of the
+    four strided views: the same values, 5-8x faster than CPU's NCHW max-pool kernel (which also builds
+    the indices); it is a third of a frozen feature forward at meta-test. With autograd the kernel's
+    gradient routing is kept."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return nn.functional.max_pool2d(x, 2)
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :h, :w]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 def anml_blocks(in_channels: int, channels: int) -> nn.Sequential:
     """ANML's 3 conv blocks: 3x3 valid conv -> InstanceNorm(affine) -> ReLU, max-pool after blocks 1-2.
 
@@ -50,7 +65,7 @@ def anml_blocks(in_channels: int, channels: int) -> nn.Sequential:
     for i in range(3):
         layers += [nn.Conv2d(c, channels, 3), nn.InstanceNorm2d(channels, affine=True), nn.ReLU()]
         if i < 2:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2())
         c = channels
     layers.append(nn.Flatten())
     return nn.Sequential(*layers)

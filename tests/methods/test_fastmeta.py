@@ -102,6 +102,24 @@ def test_trajectories_run_together_as_each_alone(batched, cache, monkeypatch):
     assert len(accs) > 3  # the step sizes and seeds really differ
 
 
+def test_sgd_blocks_train_as_the_strategy_steps(cache, monkeypatch):
+    """Plain SGD on ANML's head trains 5 experiences per block (``Heads.sgd_block``, two trajectories
+    stacked): the strategy's head, step by step through Avalanche, to float rounding, and its accuracies."""
+    sizes = []
+    block = _fastmeta.Heads.sgd_block
+    monkeypatch.setattr(_fastmeta.Heads, "sgd_block", lambda self, x, y: sizes.append(y.shape) or block(self, x, y))
+    jobs = [_job("anml", cache, seed=s, lengths=(10, 25, 30), matrix_max=0, optimizer="sgd", lr=lr)
+            for s, lr in ((0, 3e-2), (1, 6e-2))]
+    fast, fast_weights = _fast(jobs)
+    assert sizes == [(2, 75)] * 6
+    for job, outcomes, weights in zip(jobs, fast, fast_weights, strict=True):
+        ref, ref_weights = _reference(job, monkeypatch)
+        for r, f in zip(ref_weights, weights, strict=True):
+            torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+        _same_results(ref, outcomes)
+        assert outcomes[-1].acc["train"] > 0.1  # chance is 1/30: the comparison is not vacuous
+
+
 def test_features_are_cached_on_disk_and_reused(cache, monkeypatch):
     job = _job("oml", cache, seed=5, lengths=(3,), optimizer="adam", lr=3e-3)
     (first,), _ = _fast([job])
