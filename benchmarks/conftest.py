@@ -73,3 +73,16 @@ def load(benchmark):
     benchmark.extra_info["loadavg_before"] = list(os.getloadavg())
     yield
     benchmark.extra_info["loadavg_after"] = list(os.getloadavg())
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache (checkpoint, features) that reuses the decoded Omniglot arrays."""
+    from clbench.data import default_cache_dir
+
+    d = tmp_path / "cache"
+    d.mkdir()
+    for f in Path(default_cache_dir()).glob("omniglot-*"):
+        (d / f.name).symlink_to(f)
+    monkeypatch.setenv("CLBENCH_CACHE", str(d))
+    return d

@@ -1,20 +1,67 @@
-"""ANML/OML meta-test speed: placeholders, filled by the ANML/OML part of issue 7 (the outer
-meta-training step is in test_metatrain.py; one meta-test step and the whole meta-test protocol are in
-test_anml_meta_test.py).
+"""A whole ANML meta-test trajectory at paper size (``CLBENCH_BENCH_CLASSES``, 600): training and evaluation,
+on the path ``clbench run`` takes (the local executor's cached-feature path, methods/_fastmeta.py) and on
+the Avalanche strategy (``run_job``, one image through the frozen network per step).
 
-Keep the names: ``clbench/perf.py`` sets these benchmarks beside the reference figures of
-REFERENCE.md ("Reference speed"). When one call times several steps, set
-``benchmark.extra_info["units"]`` to their number: the report then compares the time per step.
+A randomly initialised paper-size ANMLNet (what meta-training learned does not change a step's cost),
+plain SGD as in the reference figure (``CLBENCH_BENCH_OPTIMIZER``), one trajectory alone: nothing shared
+with other trajectories, so the fast path's figure includes computing the frozen features of its 600
+classes (``features_s``). ``train_s`` is the job's training time (what perf.py compares with 9,000 steps
+of the reference's 21 ms), ``eval_s`` its evaluation on the 12,000 training and test images.
 """
 
 from __future__ import annotations
 
-import pytest
+import os
+import time
 
-PENDING = pytest.mark.skip(reason="placeholder: filled by the ANML/OML part of issue 7")
+OPTIMIZER = os.environ.get("CLBENCH_BENCH_OPTIMIZER", "sgd")
+DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
 
 
-@PENDING
-def test_anml_trajectory(benchmark):
-    """A whole 600-class ANML meta-test trajectory through ``run_job``: 9,000 steps and the evaluation.
-    Put the training seconds in ``extra_info["train_s"]`` (ref: 9,000 steps x 21 ms)."""
+def _trajectory(benchmark, cache, n_classes, threads, fast: bool):
+    from clbench.config import resolve_method_config
+    from clbench.metatrain import ensure_checkpoint
+    from clbench.registry import BuildContext
+    from clbench.trajectory import Job, run_job
+    from methods import _fastmeta, anml
+
+    job = Job(method="anml", profile="paper", overrides={"meta_steps": 0, "optimizer": OPTIMIZER, "lr": 1e-2},
+              lengths=(n_classes,), seed=0, device=DEVICE, cache_dir=str(cache), threads=threads)
+    # The random-init checkpoint, saved before the clock starts.
+    ensure_checkpoint("anml", resolve_method_config(anml, "paper", job.overrides), BuildContext(
+        n_classes=n_classes, classes_per_exp=1, seed=0, device=DEVICE, profile="paper", cache_dir=cache))
+    features = []
+    fill = _fastmeta.Features.fill
+
+    def timed_fill(self, *args):
+        t0 = time.perf_counter()
+        try:
+            return fill(self, *args)
+        finally:
+            features.append(time.perf_counter() - t0)
+
+    _fastmeta.Features.fill = timed_fill
+    try:
+        def run():
+            _fastmeta._MEMORY.clear()  # each round computes its features, as a first trajectory does
+            for f in (cache / "features").glob("*") if (cache / "features").exists() else ():
+                f.unlink()
+            return dict(anml.run_jobs([job]))[0] if fast else run_job(job)
+
+        (outcome,) = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    finally:
+        _fastmeta.Features.fill = fill
+    benchmark.extra_info.update(
+        n_classes=n_classes, steps=15 * n_classes, optimizer=OPTIMIZER, device=DEVICE, threads=threads,
+        train_s=outcome.train_seconds, eval_s=outcome.eval_seconds, features_s=sum(features),
+        train_acc=outcome.acc["train"], test_acc=outcome.acc["test"])
+
+
+def test_anml_trajectory(benchmark, load, cache, n_classes, threads):
+    """The path ``clbench run`` takes: frozen features once, then the head alone (blocked SGD)."""
+    _trajectory(benchmark, cache, n_classes, threads, fast=True)
+
+
+def test_anml_trajectory_avalanche(benchmark, load, cache, n_classes, threads):
+    """The Avalanche strategy through ``run_job``: the frozen network runs at every step."""
+    _trajectory(benchmark, cache, n_classes, threads, fast=False)

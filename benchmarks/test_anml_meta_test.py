@@ -22,9 +22,6 @@ import dataclasses
 import math
 import os
 import time
-from pathlib import Path
-
-import pytest
 
 STEPS = int(os.environ.get("CLBENCH_BENCH_STEPS", "300"))
 OPTIMIZER = os.environ.get("CLBENCH_BENCH_OPTIMIZER", "sgd")
@@ -34,19 +31,6 @@ VAL_SEEDS = int(os.environ.get("CLBENCH_BENCH_VAL_SEEDS", "10"))
 SEEDS = int(os.environ.get("CLBENCH_BENCH_SEEDS", "10"))
 DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
 RANDOM_INIT = {"meta_steps": 0}  # paper-size network, kaiming init saved as the checkpoint
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A fresh cache (checkpoint, features) that reuses the decoded Omniglot arrays."""
-    from clbench.data import default_cache_dir
-
-    d = tmp_path / "cache"
-    d.mkdir()
-    for f in Path(default_cache_dir()).glob("omniglot-*"):
-        (d / f.name).symlink_to(f)
-    monkeypatch.setenv("CLBENCH_CACHE", str(d))
-    return d
 
 
 def _sync():

@@ -42,6 +42,9 @@ REFERENCES: dict[str, Reference] = {
     "test_anml_meta_test_step": Reference(0.021, "ref ANML meta-test SGD step", SPEED),
     "test_anml_trajectory": Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, "
                                       "9,000 steps x 21 ms (derived)", SPEED, field="train_s", n_classes=600),
+    "test_anml_trajectory_avalanche": Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, "
+                                                "9,000 steps x 21 ms (derived)", SPEED, field="train_s",
+                                                n_classes=600),
     # Only the whole protocol compares: a run reduced by the benchmark's knobs does a fraction of the work.
     "test_anml_meta_test_protocol": Reference(
         10 * 3600.0, "ref ANML learning-rate search at 600 classes alone (about 10 h)", SPEED, n_classes=600,

@@ -59,13 +59,14 @@ def anml_blocks(in_channels: int, channels: int) -> nn.Sequential:
 
     28x28 -> 26 -> 13 -> 11 -> 5 -> 3, so ``9 * channels`` features. The reference's BatchNorm runs
     in training mode on single images, which is exactly InstanceNorm2d(affine=True) (REFERENCE.md).
+    The pool runs before the ReLU (max and ReLU commute, gradients included): the ReLU then touches a
+    quarter of the values. Module indices, and so checkpoints, are those of the reference order.
     """
     layers: list[nn.Module] = []
     c = in_channels
     for i in range(3):
-        layers += [nn.Conv2d(c, channels, 3), nn.InstanceNorm2d(channels, affine=True), nn.ReLU()]
-        if i < 2:
-            layers.append(MaxPool2())
+        layers += [nn.Conv2d(c, channels, 3), nn.InstanceNorm2d(channels, affine=True)]
+        layers += [MaxPool2(), nn.ReLU()] if i < 2 else [nn.ReLU()]
         c = channels
     layers.append(nn.Flatten())
     return nn.Sequential(*layers)
@@ -79,13 +80,16 @@ def _as_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 class ANMLLearner(nn.Module):
     """The prediction learning network: conv features, times the gate, -> Linear head."""
 
+    factored_head = True  # meta-training's inner loop may keep the head as W0 + a low-rank update
+
     def __init__(self, in_channels: int, channels: int, n_outputs: int):
         super().__init__()
         self.features = anml_blocks(in_channels, channels)
         self.head = nn.Linear(9 * channels, n_outputs)
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x) * gate)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, head: bool = True) -> torch.Tensor:
+        h = self.features(x) * gate
+        return self.head(h) if head else h
 
 
 class ANMLNet(nn.Module):

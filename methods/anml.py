@@ -66,12 +66,13 @@ PROFILES: dict[str, dict] = {
 
 
 def meta_recipe(cfg: Config):
-    from clbench.metatrain import Recipe
+    from clbench.metatrain import Recipe, chunk_for
     from methods._metanets import ANMLNet
 
     return Recipe(method="anml", arch=_arch(cfg), image_size=28, steps=cfg.meta_steps, inner_lr=cfg.inner_lr,
                   meta_lr=cfg.meta_lr, inner_images=cfg.inner_images, remember=cfg.remember,
-                  first_order=cfg.first_order, seed=cfg.meta_seed, make_model=ANMLNet)
+                  first_order=cfg.first_order, seed=cfg.meta_seed, make_model=ANMLNet,
+                  meta_chunk=chunk_for(cfg.pln_channels * 26 * 26, cfg.inner_images + cfg.remember))
 
 
 def _arch(cfg: Config) -> dict:

@@ -7,6 +7,8 @@ Runtime: about 3 s on 2 cores.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -96,3 +98,27 @@ def test_anml_reference_size_has_6_05_million_parameters():
     # NM: 3 conv blocks of 112 + gate 1008 -> 2304; PLN: 3 blocks of 256 + head 2304 -> 1000.
     assert sum(p.numel() for p in ANMLNet(in_channels=3).parameters()) == 6_048_424
     assert sum(p.numel() for p in ANMLNet(in_channels=1).parameters()) == 6_048_424 - 2 * 9 * (112 + 256)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_factored_inner_loop_and_chunked_meta_loss_change_no_sum(first_order, monkeypatch):
+    """ANML's inner loop keeps its head as W0 plus a low-rank update (``_inner_loop_factored``) and a
+    large meta-batch runs in chunks: the meta-loss and every meta-gradient are the plain loop's
+    (``_inner_loop``, one batch), to float64 rounding."""
+    from methods._metanets import ANMLLearner
+
+    def run(factored: bool, chunk: int):
+        monkeypatch.setattr(ANMLLearner, "factored_head", factored)
+        model, r, x, y = _setup("anml", first_order)
+        r = dataclasses.replace(r, meta_chunk=chunk)
+        loss = meta_objective(model, x, y, r)
+        loss.backward()
+        return loss.detach(), [p.grad for p in model.parameters()]
+
+    plain_loss, plain = run(False, 0)
+    for factored, chunk in ((True, 0), (False, 2), (True, 2)):
+        loss, grads = run(factored, chunk)
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-12, atol=0)
+        for a, b in zip(grads, plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert all(g.abs().sum() > 0 for g in plain)  # every parameter gets a meta-gradient
