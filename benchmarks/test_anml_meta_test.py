@@ -70,6 +70,36 @@ def test_anml_meta_test_step(benchmark, load, threads):
                                 head=[c, d], threads=threads, batched=heads.batched)
 
 
+def test_anml_meta_test_step_blocked(benchmark, load, threads):
+    """Plain SGD in blocks of 75 steps (``Heads.sgd_block``, what ``clbench run`` does for an SGD head):
+    ``STACK`` trajectories x ``STEPS`` steps; time per trajectory-step (units)."""
+    import torch
+
+    from methods._common import optimizer
+    from methods._fastmeta import Heads
+    from methods.anml import Config
+
+    d, c, block = 9 * Config.pln_channels, Config.n_outputs, 75
+    gen = torch.Generator().manual_seed(0)
+    init = [[torch.randn(c, d, generator=gen) * (2 / d) ** 0.5, torch.zeros(c)] for _ in range(STACK)]
+    heads = Heads(init, [1e-3] * STACK, optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], 1e-3),
+                  batched=True)
+    heads.params = [p.to(DEVICE) for p in heads.params]
+    table = torch.rand(659 * 20, d, generator=gen).to(DEVICE)
+    n = max(1, STEPS // block)
+    rows = torch.randint(len(table), (n, STACK, block), generator=gen).to(DEVICE)
+    labels = torch.randint(c, (n, STACK, block), generator=gen).to(DEVICE)
+
+    def steps():
+        for i in range(n):
+            heads.sgd_block(table[rows[i]], labels[i])
+        _sync()
+
+    benchmark.pedantic(steps, rounds=3, warmup_rounds=1)
+    benchmark.extra_info.update(units=n * block * STACK, steps=n * block, stack=STACK, optimizer="sgd",
+                                device=DEVICE, head=[c, d], threads=threads, block=block)
+
+
 def test_anml_meta_test_step_avalanche(benchmark, load, cache, omniglot, threads):
     """The Avalanche strategy (``run_job``'s path) on a real trajectory of ``STEPS / 15`` classes: the
     frozen network's forward at batch 1 plus the same head update; time per step (units)."""

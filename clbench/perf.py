@@ -40,6 +40,8 @@ REFERENCES: dict[str, Reference] = {
     "test_anml_outer_step[second]": Reference(
         1.81, "ref ANML outer step (first order: the ref code has no second-order mode)", SPEED),
     "test_anml_meta_test_step": Reference(0.021, "ref ANML meta-test SGD step", SPEED),
+    "test_anml_meta_test_step_blocked": Reference(0.021, "ref ANML meta-test SGD step", SPEED),
+    "test_anml_meta_test_step_avalanche": Reference(0.021, "ref ANML meta-test SGD step", SPEED),
     "test_anml_trajectory": Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, "
                                       "9,000 steps x 21 ms (derived)", SPEED, field="train_s", n_classes=600),
     "test_anml_trajectory_avalanche": Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, "
