@@ -25,7 +25,7 @@ def _trajectory(benchmark, cache, n_classes, threads, fast: bool):
     from clbench.trajectory import Job, run_job
     from methods import _fastmeta, anml
 
-    job = Job(method="anml", profile="paper", overrides={"meta_steps": 0, "optimizer": OPTIMIZER, "lr": 1e-2},
+    job = Job(method="anml", profile="paper", overrides={"meta_steps": 0, "optimizer": OPTIMIZER, "lr": 1e-3},
               lengths=(n_classes,), seed=0, device=DEVICE, cache_dir=str(cache), threads=threads)
     # The random-init checkpoint, saved before the clock starts.
     ensure_checkpoint("anml", resolve_method_config(anml, "paper", job.overrides), BuildContext(

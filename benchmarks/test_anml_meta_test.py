@@ -43,6 +43,15 @@ def _sync():
 def test_anml_meta_test_step(benchmark, load, threads):
     """Fast path: ``STACK`` trajectories x ``STEPS`` batch-1 steps of the paper-size head on features
     gathered from a pool-sized table; time per trajectory-step (units)."""
+    _fast_steps(benchmark, threads, OPTIMIZER)
+
+
+def test_anml_meta_test_step_adam(benchmark, load, threads):
+    """``test_anml_meta_test_step`` with Adam (the reference code's and the config's optimiser)."""
+    _fast_steps(benchmark, threads, "adam")
+
+
+def _fast_steps(benchmark, threads, optimizer_name):
     import torch
 
     from methods._common import optimizer
@@ -52,7 +61,7 @@ def test_anml_meta_test_step(benchmark, load, threads):
     d, c = 9 * Config.pln_channels, Config.n_outputs
     gen = torch.Generator().manual_seed(0)
     init = [[torch.randn(c, d, generator=gen) * (2 / d) ** 0.5, torch.zeros(c)] for _ in range(STACK)]
-    opt = optimizer(OPTIMIZER, [torch.nn.Parameter(torch.zeros(1))], Config.lr)
+    opt = optimizer(optimizer_name, [torch.nn.Parameter(torch.zeros(1))], Config.lr)
     heads = Heads(init, [Config.lr] * STACK, opt, batched=DEVICE.startswith("cuda"))
     heads.params = [p.to(DEVICE) for p in heads.params]
     heads.state = [(m.to(DEVICE), v.to(DEVICE)) for m, v in heads.state]
@@ -66,8 +75,8 @@ def test_anml_meta_test_step(benchmark, load, threads):
         _sync()
 
     benchmark.pedantic(steps, rounds=3, warmup_rounds=1)
-    benchmark.extra_info.update(units=STEPS * STACK, steps=STEPS, stack=STACK, optimizer=OPTIMIZER, device=DEVICE,
-                                head=[c, d], threads=threads, batched=heads.batched)
+    benchmark.extra_info.update(units=STEPS * STACK, steps=STEPS, stack=STACK, optimizer=optimizer_name,
+                                device=DEVICE, head=[c, d], threads=threads, batched=heads.batched)
 
 
 def test_anml_meta_test_step_blocked(benchmark, load, threads):
