@@ -54,7 +54,7 @@ def _trajectory(benchmark, cache, n_classes, threads, fast: bool):
     benchmark.extra_info.update(
         n_classes=n_classes, steps=15 * n_classes, optimizer=OPTIMIZER, device=DEVICE, threads=threads,
         train_s=outcome.train_seconds, eval_s=outcome.eval_seconds, features_s=sum(features),
-        train_acc=outcome.acc["train"], test_acc=outcome.acc["test"])
+        acc_train=outcome.acc["train"], acc_test=outcome.acc["test"])
 
 
 def test_anml_trajectory(benchmark, load, cache, n_classes, threads):
