@@ -11,11 +11,11 @@ plasticity, meta-learned against forgetting.
 - Meta-test (this strategy): the NM net and the PLN convs are frozen; the head is re-initialised
   (kaiming, bias 0) and alone learns the stream in one pass at batch size 1.
 
-Meta-training cost per outer step on the 2-core development CPU (real background pool):
-paper size (6.05 M parameters) 2.0 s of CPU second order and 1.4 s first order on one thread, about
-1.5 s wall with two idle threads: 20,000 steps take 6-8 hours, a GPU job. Most of it is the batched
-84-image meta-loss through the 256-channel PLN, which first order does not avoid. The ci profile's
-network costs about 0.18 s of CPU per step (400 steps: 70 s), the default profile's about 0.36 s
+Meta-training cost per outer step on the 2-core development CPU (real background pool, both threads;
+results/perf-meta.md): paper size (6.05 M parameters) 1.0-1.2 s second order, 0.62 s first order, so
+20,000 steps take 3.5-6.5 hours, a GPU job. Most of it is the 84-image meta-loss through the 256-channel
+PLN (convolutions near the CPU's peak), which first order does not avoid. The ci profile's network costs
+about 0.15 s per step on one thread (400 steps: about a minute), the default profile's about 0.36 s
 (1,000 steps: 6 min).
 """
 
