@@ -18,7 +18,7 @@ OPTIMIZER = os.environ.get("CLBENCH_BENCH_OPTIMIZER", "sgd")
 DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
 
 
-def _trajectory(benchmark, cache, n_classes, threads, fast: bool):
+def _trajectory(benchmark, cache, monkeypatch, n_classes, threads, fast: bool):
     from clbench.config import resolve_method_config
     from clbench.metatrain import ensure_checkpoint
     from clbench.registry import BuildContext
@@ -40,28 +40,20 @@ def _trajectory(benchmark, cache, n_classes, threads, fast: bool):
         finally:
             features.append(time.perf_counter() - t0)
 
-    _fastmeta.Features.fill = timed_fill
-    try:
-        def run():
-            _fastmeta._MEMORY.clear()  # each round computes its features, as a first trajectory does
-            for f in (cache / "features").glob("*") if (cache / "features").exists() else ():
-                f.unlink()
-            return dict(anml.run_jobs([job]))[0] if fast else run_job(job)
-
-        (outcome,) = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    finally:
-        _fastmeta.Features.fill = fill
+    monkeypatch.setattr(_fastmeta.Features, "fill", timed_fill)
+    _fastmeta._MEMORY.clear()  # computes its features (the cache folder is fresh), as a first trajectory does
+    (outcome,) = benchmark.pedantic(lambda: dict(anml.run_jobs([job]))[0] if fast else run_job(job), rounds=1)
     benchmark.extra_info.update(
         n_classes=n_classes, steps=15 * n_classes, optimizer=OPTIMIZER, device=DEVICE, threads=threads,
         train_s=outcome.train_seconds, eval_s=outcome.eval_seconds, features_s=sum(features),
         acc_train=outcome.acc["train"], acc_test=outcome.acc["test"])
 
 
-def test_anml_trajectory(benchmark, load, cache, n_classes, threads):
+def test_anml_trajectory(benchmark, load, cache, monkeypatch, n_classes, threads):
     """The path ``clbench run`` takes: frozen features once, then the head alone (blocked SGD)."""
-    _trajectory(benchmark, cache, n_classes, threads, fast=True)
+    _trajectory(benchmark, cache, monkeypatch, n_classes, threads, fast=True)
 
 
-def test_anml_trajectory_avalanche(benchmark, load, cache, n_classes, threads):
+def test_anml_trajectory_avalanche(benchmark, load, cache, monkeypatch, n_classes, threads):
     """The Avalanche strategy through ``run_job``: the frozen network runs at every step."""
-    _trajectory(benchmark, cache, n_classes, threads, fast=False)
+    _trajectory(benchmark, cache, monkeypatch, n_classes, threads, fast=False)

@@ -101,9 +101,9 @@ def load_pool(data_root, image_size: int, device: str = "cpu"):
     """The background pool as one float tensor [classes, 20, 1, S, S] in [0, 1] (white = 1)."""
     import torch
 
-    from clbench.data import load_omniglot
+    from clbench.data import loaded
 
-    og = load_omniglot(data_root, size=image_size)
+    og = loaded(data_root, image_size)
     x = torch.from_numpy(og.background.images).unsqueeze(2).float().div_(255.0)
     return x.to(device), og.content_hash
 
@@ -380,8 +380,11 @@ def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[
 
     Meta-trains first when no finished checkpoint exists; a file lock makes a second process wait for
     the first instead of training the same model twice. The key covers every field that changes the
-    weights (not the meta-test ones), the profile and the data's content hash.
+    weights (not the meta-test ones), the profile and the data's content hash. The global RNG comes out
+    as it went in: a trajectory seeded before ``build`` sees the same draws whether or not this call
+    meta-trained (training draws from its own generator, but building the model draws a default init).
     """
+    import torch
     from filelock import FileLock
 
     r, key, d = locate(method, cfg, ctx)
@@ -389,9 +392,10 @@ def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[
     with FileLock(str(d / "lock")):
         found = read_final(d)
         if found is None:
-            found = train(r, d, key, data_root=ctx.data_root, device=ctx.device, progress=progress,
-                          checkpoint_every=getattr(cfg, "checkpoint_every", 500),
-                          extra_meta={"config": dataclasses.asdict(cfg)})
+            with torch.random.fork_rng(devices=[]):
+                found = train(r, d, key, data_root=ctx.data_root, device=ctx.device, progress=progress,
+                              checkpoint_every=getattr(cfg, "checkpoint_every", 500),
+                              extra_meta={"config": dataclasses.asdict(cfg)})
     state, meta = found
     return state, meta["checkpoint_hash"]
 

@@ -69,8 +69,8 @@ TRAIN, TEST = range(N_TRAIN_PER_CLASS), range(N_TRAIN_PER_CLASS, DRAWINGS)
 
 
 def batch_limit(device: str, sgd: bool) -> int:
-    """Trajectories per batch. Blocked SGD (``Heads.sgd_block``) keeps nothing but the weights and reads
-    them once per block: as many as on CUDA (one shared set-up per seed, the largest matrix products)."""
+    """Trajectories per batch. SGD keeps no state beside the weights and, on one Linear, reads them once
+    per block (``Heads.sgd_block``): as many as on CUDA (one set-up per seed, the largest matrix products)."""
     kind = "cuda" if sgd else torch.device(device).type
     return int(os.environ.get("CLBENCH_FASTMETA_BATCH") or BATCH.get(kind, 16))
 
@@ -82,18 +82,19 @@ def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outc
     ``batch_limit`` at once); any other kind of job (several classes per experience) goes to ``run_job``.
     """
     groups: dict[str, list[int]] = {}
+    limits: dict[str, int] = {}
     for i, job in enumerate(jobs):
         if job.classes_per_exp != 1:
             yield i, run_job(job)
             continue
         module = registry.load(job.method)
         cfg = dataclasses.replace(resolve_method_config(module, job.profile, job.overrides), lr=0.0)
-        key = dataclasses.replace(job, overrides={}, lengths=(), seed=0)
-        groups.setdefault(json.dumps([repr(key), config_dict(cfg)]), []).append(i)
-    for idx in groups.values():
+        key = json.dumps([repr(dataclasses.replace(job, overrides={}, lengths=(), seed=0)), config_dict(cfg)])
+        groups.setdefault(key, []).append(i)
+        limits[key] = batch_limit(job.device, cfg.optimizer == "sgd")
+    for key, idx in groups.items():
         idx.sort(key=lambda i: -max(jobs[i].lengths))
-        cfg = resolve_method_config(registry.load(jobs[idx[0]].method), jobs[idx[0]].profile, jobs[idx[0]].overrides)
-        limit = batch_limit(jobs[idx[0]].device, cfg.optimizer == "sgd")
+        limit = limits[key]
         for b in range(0, len(idx), limit):
             chunk = idx[b:b + limit]
             yield from zip(chunk, _run_batch([jobs[i] for i in chunk], split), strict=True)

@@ -42,7 +42,7 @@ def reset_rows(linear: nn.Linear, rows, generator: torch.Generator | None = None
 class MaxPool2(nn.Module):
     """2x2 max-pool, stride 2, floor (``nn.MaxPool2d(2)``). Without autograd it takes the maximum of the
     four strided views: the same values, 5-8x faster than CPU's NCHW max-pool kernel (which also builds
-    the indices); it is a third of a frozen feature forward at meta-test. With autograd the kernel's
+    the indices), which took a quarter of a frozen feature forward at meta-test. With autograd the kernel's
     gradient routing is kept."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -88,10 +88,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"ANML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    # Meta-training on first use draws the model's init from the global RNG; the trajectory seeded just
-    # before must see the same draws whether or not the checkpoint was cached.
-    with torch.random.fork_rng(devices=[]):
-        state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
+    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
     model = ANMLNet(**_arch(cfg))
     model.load_state_dict(state)
     # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.

@@ -88,10 +88,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"OML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    # Meta-training on first use draws the model's init from the global RNG; the trajectory seeded just
-    # before must see the same draws whether or not the checkpoint was cached.
-    with torch.random.fork_rng(devices=[]):
-        state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
+    state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
     model = OMLNet(**_arch(cfg))
     model.load_state_dict(state)
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
