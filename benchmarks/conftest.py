@@ -43,9 +43,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 @pytest.fixture(scope="session", autouse=True)
 def threads() -> int:
-    import torch
+    from clbench.process import configure
 
-    torch.set_num_threads(THREADS)
+    configure(THREADS)  # what every clbench job process sets: threads, an allocator that keeps freed memory
     return THREADS
 
 

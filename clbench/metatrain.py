@@ -4,7 +4,7 @@ One outer step (both methods, as in the reference code): draw one background cla
 output row (kaiming, bias kept), take ``inner_images`` SGD steps at batch size 1 on that class's
 drawings, updating only the network's ``learner`` parameters; the meta-loss is the cross-entropy on
 those drawings plus ``remember`` random background images under the adapted weights; Adam updates
-every parameter. The meta-gradient flows through the inner steps (second order, ``torch.func``) unless
+every parameter. The meta-gradient flows through the inner steps (second order: ``create_graph``) unless
 ``first_order`` (the released ANML code, which omits ``create_graph``).
 
 What never depends on the inner-loop parameters is computed once per step for the whole batch (ANML's
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT = 2  # bump when the checkpoint layout or the meta-training maths or rounding changes (2: factored head)
+FORMAT = 3  # bump when the checkpoint layout or the meta-training maths or rounding changes (3: rank-one W0 grads)
 IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
 CHUNK_FLOATS = 5_000_000  # activation floats per meta-loss chunk (20 MB: within the development CPU's L3)
 
@@ -156,19 +156,38 @@ def meta_objective(model, x, y, r: Recipe):
 
 def _inner_loop(learner, fast: dict, ctx: tuple, y, r: Recipe) -> dict:
     """``r.inner_images`` SGD steps at batch 1 on the learner's parameters ``fast``; the adapted ones.
-    Second order when ``fast`` requires grad (``torch.func.grad`` keeps the graph)."""
+    Second order when ``fast`` requires grad: the steps stay in the graph."""
+    import torch
     import torch.nn.functional as F
-    from torch.func import functional_call, grad
+    from torch.func import functional_call
 
+    second = _second_order(fast)
     for i in range(r.inner_images):
-        xi = tuple(t[i:i + 1] for t in ctx)
-
-        def loss(p, xi=xi, yi=y[i:i + 1]):
-            return F.cross_entropy(functional_call(learner, p, xi), yi)
-
-        g = grad(loss)(fast)
-        fast = {k: fast[k] - r.inner_lr * g[k] for k in fast}
+        fast = _tracked(fast, second)
+        with torch.enable_grad():  # under no_grad too (a meta-loss value): the step needs its gradient
+            loss = F.cross_entropy(functional_call(learner, fast, tuple(t[i:i + 1] for t in ctx)), y[i:i + 1])
+        g = torch.autograd.grad(loss, tuple(fast.values()), create_graph=second)
+        with torch.set_grad_enabled(second):
+            fast = {k: torch.add(v, gk, alpha=-r.inner_lr) for (k, v), gk in zip(fast.items(), g, strict=True)}
     return fast
+
+
+def _second_order(fast: dict) -> bool:
+    """Whether the inner loop stays in the graph. Under ``torch.no_grad`` (a meta-loss value only) it
+    runs as first order, with the same values."""
+    import torch
+
+    return torch.is_grad_enabled() and any(v.requires_grad for v in fast.values())
+
+
+def _tracked(params: dict, second: bool) -> dict:
+    """The inner step's parameters: as they are (second order: the graph goes on through them), or fresh
+    leaves to differentiate the one step by (first order: constants otherwise).
+
+    Plain ``torch.autograd.grad`` rather than ``torch.func``: the same gradients, bit for bit, without
+    functorch's per-operation wrapping, which cost 1 ms of each batch-1 inner step (a tenth of the step).
+    """
+    return params if second else {k: v.detach().requires_grad_() for k, v in params.items()}
 
 
 def _inner_loop_factored(learner, fast: dict, ctx: tuple, y, r: Recipe) -> dict:
@@ -180,32 +199,106 @@ def _inner_loop_factored(learner, fast: dict, ctx: tuple, y, r: Recipe) -> dict:
     are ``W0 h_i + b_i - lr * sum_s (h_s . h_i) e_s`` and the gradient reaching the body is
     ``W0^T e_i - lr * sum_s (e_s . e_i) h_s``. The same sums as ``_inner_loop``; what goes is a rank-one
     gradient and a fresh 2304 x 1000 head per step (ANML paper size: 9 MB written twice, 20 times).
+    Second order, the 40 products with ``W0`` give ``W0`` 40 rank-one meta-gradients: ``_RankOne`` sums
+    them in one matrix product instead of 40 dense additions.
     """
     import torch
     import torch.nn.functional as F
-    from torch.func import functional_call, vjp
+    from torch.func import functional_call
 
     w0, b = fast["head.weight"], fast["head.bias"]
     body = {k: v for k, v in fast.items() if not k.startswith("head.")}
+    second = _second_order(fast)
+    if second:
+        rank_one = _RankOne(w0)
+        times_w0_t, times_w0 = (lambda a: rank_one.matmul(a, True)), (lambda a: rank_one.matmul(a, False))
+    else:
+        times_w0_t, times_w0 = (lambda a: a @ w0.T), (lambda a: a @ w0)
     errs, feats = [], []
     for i in range(r.inner_images):
-        xi = tuple(t[i:i + 1] for t in ctx)
-        h, pull = vjp(lambda p, xi=xi, b=b: functional_call(learner, {**p, "head.weight": w0, "head.bias": b}, xi,
-                                                            {"head": False}), body)
-        z, dh_past = F.linear(h, w0, b), 0.0
+        body = _tracked(body, second)
+        with torch.enable_grad():  # under no_grad too (a meta-loss value): the step needs its gradient
+            h = functional_call(learner, {**body, "head.weight": w0, "head.bias": b}, tuple(t[i:i + 1] for t in ctx),
+                                {"head": False})
+        hs = h if second else h.detach()  # first order: the head's sums on constants
+        z, dh_past = times_w0_t(hs) + b, 0.0
         if errs:
             e_past, h_past = torch.cat(errs), torch.cat(feats)  # [i, C], [i, D]
-            z = z - r.inner_lr * (h @ h_past.T) @ e_past
+            z = z - r.inner_lr * (hs @ h_past.T) @ e_past
         e = torch.softmax(z, dim=1) - F.one_hot(y[i:i + 1], z.shape[1]).to(z.dtype)
         if errs:
             dh_past = r.inner_lr * (e @ e_past.T) @ h_past
-        (g,) = pull(e @ w0 - dh_past)
-        body = {k: torch.add(body[k], g[k], alpha=-r.inner_lr) for k in body}  # one op (and graph node) each
+        g = torch.autograd.grad(h, tuple(body.values()), times_w0(e) - dh_past, create_graph=second)
+        with torch.set_grad_enabled(second):  # one op (and graph node) per parameter
+            body = {k: torch.add(v, gk, alpha=-r.inner_lr) for (k, v), gk in zip(body.items(), g, strict=True)}
         b = torch.add(b, e[0], alpha=-r.inner_lr)
         errs.append(e)
-        feats.append(h)
+        feats.append(hs)
     w = w0 - r.inner_lr * torch.cat(errs).T @ torch.cat(feats)
     return {**body, "head.weight": w, "head.bias": b}
+
+
+class _RankOne:
+    """Products ``a @ W.T`` and ``a @ W`` of a few rows ``a`` with one weight ``W`` whose gradients, each
+    an outer product, are summed by one matrix product when the backward pass is done with them all.
+
+    Autograd would add every product's ``[C, D]`` gradient into ``W``'s as it comes: 40 dense additions
+    of the 9 MB ANML head per second-order outer step (50 ms on the development CPU). Here each product
+    hands its two factors to a list; a zero-size token that every product takes as input belongs to a
+    node over ``W`` that runs after all of them (autograd's dependency order) and returns
+    ``L^T R`` as ``W``'s gradient: the same sum, regrouped. Not differentiable twice (nothing needs it).
+    """
+
+    def __init__(self, w):
+        import torch
+        from torch.autograd.function import once_differentiable
+
+        left: list = []
+        right: list = []
+
+        class Collect(torch.autograd.Function):
+            @staticmethod
+            def forward(w):
+                return w.new_zeros(())
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                pass
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, _):
+                dw = torch.cat(left).T @ torch.cat(right)
+                left.clear()  # a second backward (retain_graph) collects afresh
+                right.clear()
+                return dw
+
+        class Product(torch.autograd.Function):
+            @staticmethod
+            def forward(a, w, token, transposed):
+                return a @ w.T if transposed else a @ w
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                a, w, _, ctx.transposed = inputs
+                ctx.save_for_backward(a, w)
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, grad):
+                a, w = ctx.saved_tensors
+                if ctx.transposed:  # out = a W^T: dW = grad^T a
+                    left.append(grad)
+                    right.append(a)
+                    return grad @ w, None, grad.new_zeros(()), None
+                left.append(a)  # out = a W: dW = a^T grad
+                right.append(grad)
+                return grad @ w.T, None, grad.new_zeros(()), None
+
+        self.token, self.w, self.product = Collect.apply(w), w.detach(), Product.apply
+
+    def matmul(self, a, transposed: bool):
+        return self.product(a, self.w, self.token, transposed)
 
 
 def meta_step(model, opt, pool, gen, r: Recipe) -> float:
@@ -315,8 +408,10 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
     """
     import torch
 
+    from clbench.process import keep_freed_memory
     from methods._metanets import init_kaiming
 
+    keep_freed_memory()
     d.mkdir(parents=True, exist_ok=True)
     pool, data_hash = load_pool(data_root, r.image_size, device)
     if data_hash != key["data"]:

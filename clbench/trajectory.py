@@ -97,9 +97,10 @@ def run_job(job: Job) -> list[Outcome]:
     from clbench import registry
     from clbench.config import resolve_method_config
     from clbench.data import loaded
+    from clbench.process import configure
     from clbench.streams import make_trajectory, to_avalanche, to_tensor
 
-    torch.set_num_threads(job.threads)
+    configure(job.threads)
     # Avalanche 0.6 warns about its own deprecated internals on every experience.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     module = registry.load(job.method)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from clbench import registry
 from clbench.config import config_dict, resolve_method_config
 from clbench.data import loaded
+from clbench.process import configure
 from clbench.streams import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, make_trajectory, to_tensor
 from clbench.trajectory import Job, Outcome, _peak_mem_mb, accuracy, run_job
 
@@ -341,7 +342,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     """Outcomes per job; ``weights`` (tests) receives each job's trained layers, by position in ``jobs``."""
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     job0 = jobs[0]
-    torch.set_num_threads(job0.threads)
+    configure(job0.threads)
     device = torch.device(job0.device)
     module = registry.load(job0.method)
     cfgs = [resolve_method_config(module, job.profile, job.overrides) for job in jobs]

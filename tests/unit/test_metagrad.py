@@ -122,3 +122,61 @@ def test_factored_inner_loop_and_chunked_meta_loss_change_no_sum(first_order, mo
         for a, b in zip(grads, plain, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert all(g.abs().sum() > 0 for g in plain)  # every parameter gets a meta-gradient
+
+
+def _pool_input(shape, dtype=torch.float32):
+    """Random activations with the ties of a blank background: flat patches across window borders."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    x[..., :4, :4] = 0.5
+    x[..., 3:, 2:5] = -1.0
+    return x.requires_grad_(True)
+
+
+@pytest.mark.parametrize("shape", [(28, 16, 26, 26), (3, 64, 11, 11), (1, 256, 26, 26), (2, 3, 7, 6)])
+def test_max_pool_is_the_kernels_bit_for_bit(shape, monkeypatch):
+    """``MaxPool2`` (strided views; indices computed, not scanned) against ``F.max_pool2d``: values,
+    indices (first maximum in scan order on ties) and gradients identical; twice differentiable."""
+    import torch.nn.functional as F
+
+    from methods._metanets import MaxPool2, _MaxPool2Grad
+
+    monkeypatch.setattr(MaxPool2, "GRAD_MIN", 0)  # every size through the Function
+    x = _pool_input(shape)
+    ref, ref_idx = F.max_pool2d(x, 2, return_indices=True)
+    out, idx = _MaxPool2Grad.apply(x)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.autograd.grad(MaxPool2()(x), x, g)[0], torch.autograd.grad(ref, x, g)[0])
+    with torch.no_grad():
+        assert torch.equal(MaxPool2()(x), ref)
+    tie_free = torch.randn(2, 3, 7, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(MaxPool2(), (tie_free.requires_grad_(),))
+
+
+@pytest.mark.parametrize("in_channels,size", [(3, 28), (256, 5), (16, 13)])
+def test_batch_one_conv_computes_the_reference_convolution(in_channels, size):
+    """``Conv2d`` runs a single small image as one matrix product: PyTorch's convolution up to float
+    rounding, gradients (and second derivatives) included; a batch takes PyTorch's path unchanged."""
+    import torch.nn.functional as F
+
+    from methods._metanets import Conv2d
+
+    gen = torch.Generator().manual_seed(5)
+    conv = Conv2d(in_channels, 32, 3).double()
+    x = torch.randn(1, in_channels, size, size, generator=gen, dtype=torch.float64, requires_grad=True)
+    y, ref = conv(x), F.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    v = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    params = (x, conv.weight, conv.bias)
+    grads, ref_grads = (torch.autograd.grad(out, params, v, create_graph=True) for out in (y, ref))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    directions = [torch.randn(g.shape, generator=gen, dtype=torch.float64) for g in grads]
+
+    def second(gs):  # derivatives of the gradients along random directions, w.r.t. input and weight
+        return torch.autograd.grad(sum((g * d).sum() for g, d in zip(gs, directions, strict=True)), params[:2])
+
+    for a, b in zip(second(grads), second(ref_grads), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    batch = torch.randn(2, in_channels, size, size, generator=gen, dtype=torch.float64)
+    assert torch.equal(conv(batch), F.conv2d(batch, conv.weight, conv.bias))
