@@ -13,7 +13,10 @@ import os
 import pytest
 
 DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
-ROUNDS = 5  # one warm-up round is added; a second-order paper-size step takes a second or two on a CPU
+# A second-order paper-size step takes about a second on a CPU. Ten rounds: single steps on the shared
+# development VM spread by +-10% from one round to the next. Two warm-up rounds: the heap settles
+# around the step's activations over the first few steps (tests/unit/test_process.py).
+ROUNDS, WARMUP = 10, 2
 
 
 def _outer_step(benchmark, method: str, order: str):
@@ -39,7 +42,7 @@ def _outer_step(benchmark, method: str, order: str):
         if DEVICE == "cuda":
             torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP)
     benchmark.extra_info.update(method=method, order=order, device=DEVICE, image_size=r.image_size,
                                 params=sum(p.numel() for p in model.parameters()),
                                 inner_steps=r.inner_images, meta_batch=r.inner_images + r.remember)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT = 3  # bump when the checkpoint layout or the meta-training maths or rounding changes (3: rank-one W0 grads)
+FORMAT = 4  # bump when the checkpoint layout or the meta-training maths or rounding changes (4: batch-1 convs)
 IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
 CHUNK_FLOATS = 5_000_000  # activation floats per meta-loss chunk (20 MB: within the development CPU's L3)
 
@@ -242,11 +242,12 @@ class _RankOne:
     """Products ``a @ W.T`` and ``a @ W`` of a few rows ``a`` with one weight ``W`` whose gradients, each
     an outer product, are summed by one matrix product when the backward pass is done with them all.
 
-    Autograd would add every product's ``[C, D]`` gradient into ``W``'s as it comes: 40 dense additions
-    of the 9 MB ANML head per second-order outer step (50 ms on the development CPU). Here each product
-    hands its two factors to a list; a zero-size token that every product takes as input belongs to a
-    node over ``W`` that runs after all of them (autograd's dependency order) and returns
-    ``L^T R`` as ``W``'s gradient: the same sum, regrouped. Not differentiable twice (nothing needs it).
+    Autograd would add every product's ``[C, D]`` gradient into ``W``'s as it comes: 40 dense outer
+    products and additions of the 9 MB ANML head per second-order outer step (45 ms, profiled on the
+    development CPU). Here each product hands its two factors to a list; a zero-size token that every
+    product takes as input belongs to a node over ``W`` that runs after all of them (autograd's dependency
+    order) and returns ``L^T R`` as ``W``'s gradient: the same sum, regrouped. Not differentiable twice
+    (nothing needs it).
     """
 
     def __init__(self, w):

@@ -65,7 +65,7 @@ class _MaxPool2Grad(torch.autograd.Function):
         width = x.shape[-1]
         h, w = out.shape[-2:]
         top_left = torch.arange(h, device=x.device)[:, None] * (2 * width) + torch.arange(w, device=x.device) * 2
-        # The offset in the window (0, 1, width, width + 1) in bytes: one int64 pass, for the final sum.
+        # The offset in the window (0, 1, width or width + 1) as bytes: a single int64 pass, the final sum.
         offset = row.to(torch.uint8).mul_(width).add_(col) if width < 255 else row * width + col
         return out, top_left + offset
 
@@ -83,9 +83,10 @@ class _MaxPool2Grad(torch.autograd.Function):
 
 class MaxPool2(nn.Module):
     """2x2 max-pool, stride 2, floor (``nn.MaxPool2d(2)``), on strided views. CPU's NCHW max-pool kernel
-    scans each small plane serially: it took a quarter of a frozen feature forward at meta-test and 8% of
-    a paper-size meta-training step. Without autograd: the maximum of the four views (5-8x faster); with
-    it, ``_MaxPool2Grad``."""
+    scans each small plane serially: it took a quarter of a frozen feature forward at meta-test and 9% of
+    a first-order paper-size meta-training step (55 of 620 ms, 2 threads). Without autograd: the maximum
+    of the four views (5-8x faster); with it, ``_MaxPool2Grad`` (forward 2.4x faster at 28 x 256 x 26 x 26).
+    """
 
     GRAD_MIN = 1 << 18  # smaller inputs (a batch-1 inner step) take the kernel: a Function call costs more
 
@@ -101,10 +102,11 @@ class Conv2d(nn.Conv2d):
 
     For a single image of at most 20,480 input values (ANML's first conv on 3 x 28 x 28, its third on
     256 x 5 x 5, every conv of the ci profile's small nets) PyTorch picks its reference convolution: im2col
-    and a matrix product inside a loop parallelised over the batch, so one image gets one thread. Here the
-    same im2col and product (same values) use every thread, and the second-order backward through them is
-    a few plain matrix products instead of reference and transposed convolutions: 60 ms less per
-    second-order paper-size ANML outer step, where the inner loop runs at batch 1.
+    and a matrix product inside a loop parallelised over the batch, so one image gets one thread. In the
+    second-order inner loop, which runs at batch 1, the third conv's reference forward, backward and double
+    backward (reference and transposed convolutions) took about 100 ms of a 1.0 s paper-size ANML outer
+    step. Here the same im2col and product (equal up to float rounding) use every thread, and the
+    derivatives are plain matrix products.
     """
 
     SMALL = 20_480  # PyTorch's own bound (aten ConvParams::use_mkldnn) for sending one image to mkldnn
@@ -114,9 +116,11 @@ class Conv2d(nn.Conv2d):
                 or self.stride != (1, 1) or self.padding != (0, 0) or self.dilation != (1, 1)):
             return super().forward(x)
         k_h, k_w = self.kernel_size
-        rows = nn.functional.unfold(x, (k_h, k_w))[0].T  # [positions, C k_h k_w]
-        # [positions, out]: MKL runs this orientation (and its gradients' [.., 2304] and [.., 256]) about
-        # 3x faster than weight @ columns, whose 9 output columns (the third conv) it handles poorly.
+        # [positions, C k_h k_w], row-major, and the product as [positions, out]: MKL runs products with
+        # few output columns (the third conv has 9 positions) about 3x slower than their transposes, and
+        # autograd orients each gradient product by its operands' strides. Row-major rows take the third
+        # conv's forward, gradient and second derivative from 3.7 to 2.5 ms per image (5.2 ms as a conv).
+        rows = nn.functional.unfold(x, (k_h, k_w))[0].T.contiguous()
         y = nn.functional.linear(rows, self.weight.reshape(self.out_channels, -1), self.bias)
         return y.T.reshape(1, self.out_channels, x.shape[2] - k_h + 1, x.shape[3] - k_w + 1)
 
