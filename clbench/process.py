@@ -29,6 +29,7 @@ def keep_freed_memory() -> bool:
     page-faults them in again every time: 27,000 minor faults (105 MB of zeroed pages) per second-order
     paper-size ANML outer step, 0.12 s of its 1.05 s on the development CPU. PyTorch's CPU tuning guide
     preloads jemalloc or tcmalloc for this; two mallopt calls give the same reuse with nothing to install.
+    The price: a process holds on to up to 1 GB of freed heap (the trim threshold) instead of returning it.
     Process-wide and idempotent; returns whether it applied (False off glibc, e.g. macOS or musl).
     """
     if not sys.platform.startswith("linux"):

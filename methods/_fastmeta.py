@@ -29,7 +29,7 @@ temporaries (a fresh 9 MB allocation each in torch.optim) stay in cache. Measure
 development EPYC, one Adam step of the 2304 x 1000 head: 5-6 ms, against 8-15 ms for autograd plus
 torch.optim.Adam on the same bare head and 15 ms for the strategy, whose step also runs the frozen
 network. Blocked SGD is compute bound instead (~9 MFLOP per step in matrix products): the whole
-600-class ANML protocol, 150 trajectories and 1.35 M steps, took 5.7 min on the 2 cores, features and
+600-class ANML protocol, 150 trajectories and 1.35 M steps, took 5.2-5.7 min on the 2 cores, features and
 evaluation included, 0.25 ms per trajectory-step (results/perf-meta.md).
 """
 

@@ -12,11 +12,11 @@ plasticity, meta-learned against forgetting.
   (kaiming, bias 0) and alone learns the stream in one pass at batch size 1.
 
 Meta-training cost per outer step on the 2-core development CPU (real background pool, both threads;
-results/perf-meta.md): paper size (6.05 M parameters) 1.0-1.2 s second order, 0.62 s first order, so
-20,000 steps take 3.5-6.5 hours, a GPU job. Most of it is the 84-image meta-loss through the 256-channel
+results/perf-meta.md): paper size (6.05 M parameters) 0.91-0.97 s second order, 0.58 s first order, so
+20,000 steps take 3.2-5.4 hours, a GPU job. Most of it is the 84-image meta-loss through the 256-channel
 PLN (convolutions near the CPU's peak), which first order does not avoid. The ci profile's network costs
-about 0.15 s per step on one thread (400 steps: about a minute), the default profile's about 0.36 s
-(1,000 steps: 6 min).
+about 0.13 s per step on one thread (400 steps: about a minute), the default profile's about 0.24 s
+(1,000 steps: 4 min).
 """
 
 from __future__ import annotations
