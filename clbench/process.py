@@ -40,5 +40,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # A fixed threshold also turns off glibc's own adjustment, which only ever follows the last freed block.
+    # A fixed threshold also turns off glibc's own adjustment, which raises it only to the largest block
+    # freed so far (and the trim threshold to twice that): too late and too little for varied activations.
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
