@@ -51,7 +51,9 @@ def test_anml_meta_test_step_adam(benchmark, load, threads):
     _fast_steps(benchmark, threads, "adam")
 
 
-def _fast_steps(benchmark, threads, optimizer_name):
+def _bare_heads(optimizer_name: str, lr: float, batched: bool):
+    """``STACK`` paper-size ANML heads (kaiming) on ``DEVICE``, as the fast path stacks them; the generator
+    that drew them (for the benchmark's features and labels) and the head's (inputs, outputs)."""
     import torch
 
     from methods._common import optimizer
@@ -61,10 +63,19 @@ def _fast_steps(benchmark, threads, optimizer_name):
     d, c = 9 * Config.pln_channels, Config.n_outputs
     gen = torch.Generator().manual_seed(0)
     init = [[torch.randn(c, d, generator=gen) * (2 / d) ** 0.5, torch.zeros(c)] for _ in range(STACK)]
-    opt = optimizer(optimizer_name, [torch.nn.Parameter(torch.zeros(1))], Config.lr)
-    heads = Heads(init, [Config.lr] * STACK, opt, batched=DEVICE.startswith("cuda"))
+    opt = optimizer(optimizer_name, [torch.nn.Parameter(torch.zeros(1))], lr)
+    heads = Heads(init, [lr] * STACK, opt, batched=batched)
     heads.params = [p.to(DEVICE) for p in heads.params]
     heads.state = [(m.to(DEVICE), v.to(DEVICE)) for m, v in heads.state]
+    return heads, gen, d, c
+
+
+def _fast_steps(benchmark, threads, optimizer_name):
+    import torch
+
+    from methods.anml import Config
+
+    heads, gen, d, c = _bare_heads(optimizer_name, Config.lr, batched=DEVICE.startswith("cuda"))
     table = torch.rand(659 * 15, d, generator=gen).to(DEVICE)
     rows = torch.randint(len(table), (STEPS, STACK), generator=gen).to(DEVICE)
     labels = torch.randint(c, (STEPS, STACK), generator=gen).to(DEVICE)
@@ -84,16 +95,8 @@ def test_anml_meta_test_step_blocked(benchmark, load, threads):
     ``STACK`` trajectories x ``STEPS`` steps; time per trajectory-step (units)."""
     import torch
 
-    from methods._common import optimizer
-    from methods._fastmeta import Heads
-    from methods.anml import Config
-
-    d, c, block = 9 * Config.pln_channels, Config.n_outputs, 75
-    gen = torch.Generator().manual_seed(0)
-    init = [[torch.randn(c, d, generator=gen) * (2 / d) ** 0.5, torch.zeros(c)] for _ in range(STACK)]
-    heads = Heads(init, [1e-3] * STACK, optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], 1e-3),
-                  batched=True)
-    heads.params = [p.to(DEVICE) for p in heads.params]
+    block = 75
+    heads, gen, d, c = _bare_heads("sgd", 1e-3, batched=True)
     table = torch.rand(659 * 20, d, generator=gen).to(DEVICE)
     n = max(1, STEPS // block)
     rows = torch.randint(len(table), (n, STACK, block), generator=gen).to(DEVICE)

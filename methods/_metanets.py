@@ -39,11 +39,13 @@ def reset_rows(linear: nn.Linear, rows, generator: torch.Generator | None = None
             linear.bias[rows.to(linear.bias.device)] = 0.0
 
 
-def _corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The four positions of every 2x2 window, as strided views, in the kernel's scan order."""
+def _window_max(x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The maximum of every 2x2 window (stride 2, floor) and the window's four positions as strided views,
+    in the kernel's scan order."""
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
     x = x[..., :h, :w]
-    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.maximum(torch.maximum(a, b), torch.maximum(c, d)), (a, b, c, d)
 
 
 class _MaxPool2Grad(torch.autograd.Function):
@@ -57,8 +59,7 @@ class _MaxPool2Grad(torch.autograd.Function):
 
     @staticmethod
     def forward(x):
-        a, b, c, d = _corners(x)
-        out = torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+        out, (a, b, c, _) = _window_max(x)
         not_a, not_b, not_c = a != out, b != out, c != out
         row = not_a & not_b  # in the window's second row: neither top corner holds the maximum
         col = not_a & ~row | row & not_c  # second column: b (not a), or d (not c)
@@ -93,8 +94,7 @@ class MaxPool2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _MaxPool2Grad.apply(x)[0] if x.numel() >= self.GRAD_MIN else nn.functional.max_pool2d(x, 2)
-        a, b, c, d = _corners(x)
-        return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+        return _window_max(x)[0]
 
 
 class Conv2d(nn.Conv2d):
