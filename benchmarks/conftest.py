@@ -6,8 +6,9 @@ Run them all with one command (never collected by the plain ``pytest``, whose te
     uv run clbench perf --json results/perf.json --output results/perf.md
 
 Everything runs on one torch thread (the harness's per-job default; ``CLBENCH_BENCH_THREADS`` changes it),
-so figures compare across machines with different core counts; the thread count, load average and library
-versions go into the JSON's ``machine_info``. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
+so figures compare across machines with different core counts; the thread count, load average, library
+versions and the machine's matrix-product speed (``matmul_gflops``, also before each benchmark) go into the
+JSON. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
 one-minute try), ``CLBENCH_BENCH_ROUNDS`` (rounds of the whole-trajectory benchmarks, 1) and
 ``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of methods/_lean.py).
 results/perf.md says which settings its figures come from.
@@ -38,6 +39,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["avalanche_version"] = avalanche.__version__
     machine_info["cpus_available"] = len(os.sched_getaffinity(0))
     machine_info["loadavg_at_end"] = list(os.getloadavg())  # written when the run ends
+    machine_info["matmul_gflops_at_end"] = matmul_gflops()
     machine_info["bench_settings"] = {k: v for k, v in os.environ.items() if k.startswith("CLBENCH_BENCH_")}
 
 
@@ -67,10 +69,35 @@ def omniglot():
     return load_omniglot(os.environ["CLBENCH_DATA"], size=28)
 
 
+def matmul_gflops(size: int = 1024, reps: int = 15) -> float:
+    """What the CPU delivers right now: float32 ``size``-square matrix products on the benchmark's threads,
+    GFLOP/s (median of ``reps``; 2 cores: about 0.2 s).
+
+    The development VM's speed drifts by about 10% within an hour (its shared host), as much as a change
+    worth measuring: the report puts this figure next to every timing, so that two runs are compared at
+    the same machine speed, or the difference is seen to be the machine's.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # first call: MKL's dispatch and buffers
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 @pytest.fixture
 def load(benchmark):
-    """Records the load average around a benchmark, so a busy machine shows in the report."""
+    """Records the load average around a benchmark and the machine's speed before it, so a busy or a slow
+    machine shows in the report."""
     benchmark.extra_info["loadavg_before"] = list(os.getloadavg())
+    benchmark.extra_info["matmul_gflops_before"] = matmul_gflops()
     yield
     benchmark.extra_info["loadavg_after"] = list(os.getloadavg())
 

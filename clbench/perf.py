@@ -80,9 +80,14 @@ def _load(bench: dict[str, Any]) -> str:
     return f"{before[0]:.1f} -> {after[0]:.1f}"
 
 
+def _speed(bench: dict[str, Any]) -> str:
+    gflops = bench.get("extra_info", {}).get("matmul_gflops_before")
+    return f"{gflops:.0f}" if gflops else "-"
+
+
 def _timing_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
-    rows = ["| benchmark | rounds | median | IQR | min - max | load (1 min) | reference | speedup |",
-            "|---|---:|---:|---:|---:|---:|---|---:|"]
+    rows = ["| benchmark | rounds | median | IQR | min - max | load (1 min) | GFLOP/s | reference | speedup |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for b in benchmarks:
         st, info = b["stats"], b.get("extra_info", {})
         if "overhead" in info:
@@ -100,7 +105,8 @@ def _timing_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
             speedup = f"{ref.seconds / value:.1f}x" if value else "-"
         spread = f"{fmt_seconds(st['iqr'])}" if st["rounds"] >= 4 else "-"
         rows.append(f"| `{b['name']}` | {st['rounds']} | {fmt_seconds(st['median'])} | {spread} | "
-                    f"{fmt_seconds(st['min'])} - {fmt_seconds(st['max'])} | {_load(b)} | {ref_text} | {speedup} |")
+                    f"{fmt_seconds(st['min'])} - {fmt_seconds(st['max'])} | {_load(b)} | {_speed(b)} | {ref_text} | "
+                    f"{speedup} |")
     return rows
 
 
@@ -179,6 +185,8 @@ def _machine_rows(data: dict[str, Any]) -> list[str]:
         f"avalanche {m.get('avalanche_version', '?')}, Python {m.get('python_version', '?')}, "
         f"{m.get('system', '?')} {m.get('release', '')}",
         f"- load average (1, 5, 15 min) when the run ended: {', '.join(f'{x:.2f}' for x in load) if load else '?'}",
+        *([f"- float32 matrix products (1024 x 1024) when the run ended: {m['matmul_gflops_at_end']:.0f} GFLOP/s"]
+          if m.get("matmul_gflops_at_end") else []),
         *([f"- settings: {', '.join(f'{k}={v}' for k, v in sorted(m['bench_settings'].items())) or 'defaults'}"]
           if "bench_settings" in m else []),
         f"- run: {data.get('datetime', '?')}, commit {str(c.get('id', '?'))[:12]}"
@@ -199,7 +207,9 @@ def render(data: dict[str, Any], command: str) -> str:
         *_machine_rows(data),
         "## Timings", "",
         "Median and spread over each benchmark's rounds (IQR from 4 rounds on); speedup = reference time / "
-        "measured time, where REFERENCE.md has a figure for the same work.", "",
+        "measured time, where REFERENCE.md has a figure for the same work. GFLOP/s: the machine's float32 "
+        "1024 x 1024 matrix-product speed on the benchmark's threads just before it ran (`matmul_gflops` in "
+        "benchmarks/conftest.py). A shared VM's speed drifts: compare timings taken at similar GFLOP/s.", "",
         *_timing_rows(benchmarks), "",
         *_trajectory_rows(benchmarks),
         *_overhead_rows(benchmarks),
