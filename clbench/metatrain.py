@@ -506,9 +506,11 @@ def main(args) -> int:
     from clbench.config import resolve_method_config
     from clbench.data import DataError
     from clbench.errors import UsageError
+    from clbench.process import check_device
     from clbench.registry import BuildContext
 
     try:
+        check_device(args.device or "cpu")
         mod = registry.load(args.method)
         if not mod.SPEC.meta_learned:
             raise UsageError(f"'{args.method}' is not meta-learned; meta-train applies to anml and oml")

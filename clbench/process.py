@@ -12,6 +12,33 @@ _MMAP_THRESHOLD_MAX = 32 << 20
 _TRIM_THRESHOLD = 1 << 30
 
 
+def check_device(device: str, local: bool = True) -> None:
+    """Raise a UsageError unless ``device`` names a torch device clbench runs on (cpu, cuda, cuda:N) and,
+    when the work runs in this machine (``local``), torch can reach it here. Checked before any work:
+    otherwise a typo or a machine without a GPU would fail every job, one by one, after the data load."""
+    if device == "cpu":
+        return  # the default: no torch import (``clbench run --dry-run`` stays quick)
+    import torch
+
+    from clbench.errors import UsageError
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"device {device!r}: not a torch device (use cpu, cuda or cuda:N)") from None
+    if d.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device!r}: clbench runs on cpu or cuda")
+    if d.type == "cpu" or not local:
+        return
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise UsageError(f"device {device!r}: torch sees no CUDA device on this machine (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda or 'none'}); use --device cpu, or check the driver and "
+                         "CUDA_VISIBLE_DEVICES")
+    if d.index is not None and d.index >= n:
+        raise UsageError(f"device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+
+
 def configure(threads: int) -> None:
     """Torch's intra-op thread count for this process, and an allocator that keeps freed memory."""
     import torch

@@ -27,6 +27,7 @@ from clbench.data import default_cache_dir
 from clbench.errors import UsageError
 from clbench.executors import EXECUTORS, execute
 from clbench.metrics import bwt, forgetting
+from clbench.process import check_device
 from clbench.results import Row, Store
 from clbench.streams import PROTOCOL, PROTOCOL_VERSION, VALIDATION_SEED_BASE
 from clbench.trajectory import Job, Outcome
@@ -59,6 +60,8 @@ def validate(rc: RunConfig) -> None:
                              f"{VALIDATION_SEED_BASE} on are reserved for validation trajectories")
     if rc.executor not in EXECUTORS:
         raise UsageError(f"unknown executor '{rc.executor}' (use one of {', '.join(EXECUTORS)})")
+    # A Ray cluster's GPUs are on its workers, not necessarily here: only the name is checked then.
+    check_device(rc.device, local=rc.executor == "local" or rc.address is None)
     unknown = set(rc.method_overrides) - set(methods_of(rc))
     if unknown:
         raise UsageError(f"settings given for {sorted(unknown)}, which are not among the methods run "

@@ -1,6 +1,7 @@
 """End to end through ``clbench.cli.main``: real Omniglot, real Avalanche strategies."""
 
 import pytest
+import torch
 
 from clbench.cli import main
 from clbench.results import Store
@@ -74,6 +75,11 @@ def test_same_seed_gives_identical_rows(store, tmp_path):
     (["--methods", "naive", "--seeds", "10001"], "reserved for validation"),
     (["--methods", "naive", "--set", "naive.lrr=1"], "did you mean 'lr'"),
     (["--methods", "naive", "--data-root", "/nonexistent/omniglot"], "looked in /nonexistent/omniglot"),
+    (["--methods", "naive", "--device", "gpu"], "device 'gpu': not a torch device (use cpu, cuda or cuda:N)"),
+    (["--methods", "naive", "--device", "mps"], "device 'mps': clbench runs on cpu or cuda"),
+    pytest.param(["--methods", "naive", "--device", "cuda"], "torch sees no CUDA device on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    (["--methods", "naive", "--device", "cuda:99"], "cuda:99"),  # no GPU, or fewer than 100
 ])
 def test_bad_input_is_one_line_and_touches_nothing(store, argv, message, capsys):
     before = (store / "results.jsonl").read_bytes()

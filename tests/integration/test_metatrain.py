@@ -151,3 +151,5 @@ def test_meta_train_command(tmp_path, capsys):
     assert metatrain.main(argparse.Namespace(**{**vars(args), "method": "naive"})) == 2
     assert metatrain.main(argparse.Namespace(**{**vars(args), "set": ["nonsense=1"]})) == 2
     assert metatrain.main(argparse.Namespace(**{**vars(args), "set": ["inner_images=21"]})) == 2
+    assert metatrain.main(argparse.Namespace(**{**vars(args), "device": "gpu"})) == 2
+    assert "device 'gpu': not a torch device" in capsys.readouterr().err
