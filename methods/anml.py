@@ -12,9 +12,11 @@ plasticity, meta-learned against forgetting.
   (kaiming, bias 0) and alone learns the stream in one pass at batch size 1.
 
 Meta-training cost per outer step on the 2-core development CPU (real background pool, both threads;
-results/perf-meta.md): paper size (6.05 M parameters) 0.91-0.97 s second order, 0.58 s first order, so
-20,000 steps take 3.2-5.4 hours, a GPU job. Most of it is the 84-image meta-loss through the 256-channel
-PLN (convolutions near the CPU's peak), which first order does not avoid. The ci profile's network costs
+results/perf-meta.md): paper size (6.05 M parameters) 0.84 s second order, 0.55 s first order (0.91-0.97 s
+and 0.58 s in the shared VM's slower hours), so 20,000 steps take 3-5.4 hours, a GPU job. Second order,
+the 20 batch-1 inner steps take 0.16 s and their second derivatives 0.27 s; the 84-image meta-loss through
+the 256-channel PLN, which first order does not avoid either, 0.33 s (convolutions near the CPU's peak);
+the gate 0.04 s (phases timed on the development CPU at 200 GFLOP/s). The ci profile's network costs
 about 0.13 s per step on one thread (400 steps: about a minute), the default profile's about 0.24 s
 (1,000 steps: 4 min).
 """
