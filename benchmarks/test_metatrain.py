@@ -39,7 +39,7 @@ def _outer_step(benchmark, method: str, order: str):
 
     def step():
         meta_step(model, opt, pool, gen, r)
-        if DEVICE == "cuda":
+        if DEVICE.startswith("cuda"):
             torch.cuda.synchronize()
 
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP)

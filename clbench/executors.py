@@ -57,8 +57,10 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
         ray_lib.init(address=address, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONHASHSEED": "0"}})
     remote = ray_lib.remote(run_job)
-    # Each task reserves as many CPUs as the torch threads it will use, so tasks never oversubscribe.
-    pending = {remote.options(num_cpus=job.threads).remote(job): i for i, job in enumerate(jobs)}
+    # Each task reserves as many CPUs as the torch threads it will use, so tasks never oversubscribe, and a
+    # CUDA job one GPU: Ray hides every GPU from a task that reserves none (CUDA_VISIBLE_DEVICES="").
+    pending = {remote.options(num_cpus=job.threads, num_gpus=int(job.device.startswith("cuda"))).remote(job): i
+               for i, job in enumerate(jobs)}
     try:
         while pending:
             done, _ = ray_lib.wait(list(pending), num_returns=1)

@@ -412,10 +412,11 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
     """
     import torch
 
-    from clbench.process import keep_freed_memory
+    from clbench.process import keep_freed_memory, use_device
     from methods._metanets import init_kaiming
 
     keep_freed_memory()
+    use_device(device)
     d.mkdir(parents=True, exist_ok=True)
     pool, data_hash = load_pool(data_root, r.image_size, device)
     if data_hash != key["data"]:

@@ -185,7 +185,7 @@ def _machine_rows(data: dict[str, Any]) -> list[str]:
         f"avalanche {m.get('avalanche_version', '?')}, Python {m.get('python_version', '?')}, "
         f"{m.get('system', '?')} {m.get('release', '')}",
         f"- load average (1, 5, 15 min) when the run ended: {', '.join(f'{x:.2f}' for x in load) if load else '?'}",
-        *([f"- float32 matrix products (1024 x 1024) when the run ended: {m['matmul_gflops_at_end']:.0f} GFLOP/s"]
+        *([f"- float32 matrix products when the run ended: {m['matmul_gflops_at_end']:.0f} GFLOP/s"]
           if m.get("matmul_gflops_at_end") else []),
         *([f"- settings: {', '.join(f'{k}={v}' for k, v in sorted(m['bench_settings'].items())) or 'defaults'}"]
           if "bench_settings" in m else []),
@@ -208,8 +208,9 @@ def render(data: dict[str, Any], command: str) -> str:
         "## Timings", "",
         "Median and spread over each benchmark's rounds (IQR from 4 rounds on); speedup = reference time / "
         "measured time, where REFERENCE.md has a figure for the same work. GFLOP/s: the machine's float32 "
-        "1024 x 1024 matrix-product speed on the benchmark's threads just before it ran (`matmul_gflops` in "
-        "benchmarks/conftest.py). A shared VM's speed drifts: compare timings taken at similar GFLOP/s.", "",
+        "matrix-product speed just before the benchmark ran (1024 x 1024 on its threads, or 8192 x 8192 on "
+        "the GPU a run with `CLBENCH_BENCH_DEVICE=cuda` uses; `matmul_gflops` in benchmarks/conftest.py). "
+        "A shared VM's speed drifts: compare timings taken at similar GFLOP/s.", "",
         *_timing_rows(benchmarks), "",
         *_trajectory_rows(benchmarks),
         *_overhead_rows(benchmarks),

@@ -39,12 +39,33 @@ def check_device(device: str, local: bool = True) -> None:
         raise UsageError(f"device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
 
 
-def configure(threads: int) -> None:
-    """Torch's intra-op thread count for this process, and an allocator that keeps freed memory."""
+def configure(threads: int, device: str = "cpu") -> None:
+    """Torch's intra-op thread count for this process, an allocator that keeps freed memory, and the
+    device's settings (``use_device``)."""
     import torch
 
     torch.set_num_threads(threads)
     keep_freed_memory()
+    use_device(device)
+
+
+def use_device(device: str) -> None:
+    """On CUDA: cuDNN's deterministic algorithms in float32, and a fresh peak-memory count.
+
+    Left to itself cuDNN may pick non-deterministic backward algorithms (a resumed meta-training would
+    then miss the uninterrupted run's bits, which checkpoints promise per device) and runs float32
+    convolutions in TF32 on Ampere and later (10 mantissa bits: frozen features and accuracies would
+    drift from the CPU's and the reference code's float32). Matrix products already default to float32.
+    Both cost speed; the settings are process-wide, as the job processes are. The CPU needs nothing.
+    """
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.cuda.reset_peak_memory_stats(torch.device(device))  # each job reports its own peak
 
 
 @functools.cache

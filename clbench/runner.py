@@ -62,6 +62,9 @@ def validate(rc: RunConfig) -> None:
         raise UsageError(f"unknown executor '{rc.executor}' (use one of {', '.join(EXECUTORS)})")
     # A Ray cluster's GPUs are on its workers, not necessarily here: only the name is checked then.
     check_device(rc.device, local=rc.executor == "local" or rc.address is None)
+    if rc.executor == "ray" and rc.device.startswith("cuda:"):
+        raise UsageError(f"--device {rc.device} with --executor ray: use --device cuda (Ray gives each job one "
+                         "GPU, which the job sees as cuda:0)")
     unknown = set(rc.method_overrides) - set(methods_of(rc))
     if unknown:
         raise UsageError(f"settings given for {sorted(unknown)}, which are not among the methods run "

@@ -59,7 +59,7 @@ def _peak_mem_mb(device: str) -> float:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -100,7 +100,7 @@ def run_job(job: Job) -> list[Outcome]:
     from clbench.process import configure
     from clbench.streams import make_trajectory, to_avalanche, to_tensor
 
-    configure(job.threads)
+    configure(job.threads, job.device)
     # Avalanche 0.6 warns about its own deprecated internals on every experience.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     module = registry.load(job.method)
@@ -124,11 +124,17 @@ def run_job(job: Job) -> list[Outcome]:
     # R[t][u] is kept while t < matrix_max; a length n gets the prefix R[:n] when n <= matrix_max.
     matrix: list[list[float]] | None = [] if min(job.lengths) <= job.matrix_max else None
     outcomes: list[Outcome] = []
-    start = time.perf_counter()
+
+    def now() -> float:
+        if job.device.startswith("cuda"):  # the GPU may still be running queued steps: charge them here
+            torch.cuda.synchronize(job.device)
+        return time.perf_counter()
+
+    start = now()
     paused = 0.0  # time spent evaluating, not training
 
     def evaluate(n: int) -> None:
-        t0 = time.perf_counter()
+        t0 = now()
         prefix = make_trajectory(data.evaluation, n, job.seed, job.classes_per_exp) if n < n_max else traj
         acc: dict[str, float | None] = {}
         n_samples: dict[str, int] = {}
@@ -154,7 +160,7 @@ def run_job(job: Job) -> list[Outcome]:
 
     def after_experience(t: int) -> None:
         nonlocal paused
-        t0 = time.perf_counter()
+        t0 = now()
         seen = traj.experience_classes(t).stop
         if matrix is not None and seen <= job.matrix_max:
             mask = y_test < seen

@@ -342,7 +342,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
     """Outcomes per job; ``weights`` (tests) receives each job's trained layers, by position in ``jobs``."""
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     job0 = jobs[0]
-    configure(job0.threads)
+    configure(job0.threads, job0.device)
     device = torch.device(job0.device)
     module = registry.load(job0.method)
     cfgs = [resolve_method_config(module, job.profile, job.overrides) for job in jobs]

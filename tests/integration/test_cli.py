@@ -80,6 +80,8 @@ def test_same_seed_gives_identical_rows(store, tmp_path):
     pytest.param(["--methods", "naive", "--device", "cuda"], "torch sees no CUDA device on this machine",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["--methods", "naive", "--device", "cuda:99"], "cuda:99"),  # no GPU, or fewer than 100
+    (["--methods", "naive", "--executor", "ray", "--address", "10.0.0.1:6379", "--device", "cuda:1"],
+     "use --device cuda (Ray gives each job one GPU"),  # a cluster's GPUs: only the name is checked here
 ])
 def test_bad_input_is_one_line_and_touches_nothing(store, argv, message, capsys):
     before = (store / "results.jsonl").read_bytes()
