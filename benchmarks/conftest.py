@@ -74,7 +74,7 @@ def matmul_gflops(size: int = 1024, reps: int = 15) -> float:
     threads, or on their GPU (``CLBENCH_BENCH_DEVICE``, 8192-square there), GFLOP/s (median of ``reps``;
     2 cores: about 0.2 s).
 
-    The development VM's speed drifts by about 10% within an hour (its shared host), as much as a change
+    The development VM's speed drifts by 10-20% within an hour (its shared host), as much as a change
     worth measuring: the report puts this figure next to every timing, so that two runs are compared at
     the same machine speed, or the difference is seen to be the machine's.
     """
