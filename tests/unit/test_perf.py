@@ -42,7 +42,7 @@ def test_report_has_speedups_overhead_throughput_and_machine():
     assert "| 3.0x |" in text  # meta-test step: 21 ms / (0.7 s / 100 steps)
     assert "| naive | lean | 600 | 9000 | 30.0 | 25.0 | +20.0% |" in text
     assert "| 1,500 |" in text  # 3000 images in 2 s
-    assert "| `test_trajectory[naive]` | 600 | 40.00 s | 27.00 s | 3.0 ms | 9.00 s | 0.200 | 0.100 |" in text
+    assert "| `test_trajectory[naive]` | - | 600 | 40.00 s | 27.00 s | 3.0 ms | 9.00 s | 0.200 | 0.100 |" in text
     assert "70.00 s" not in text  # the alternated overhead run's own time is not a figure to read
     assert "Test CPU" in text and "torch threads: 1" in text and "0123456789ab" in text
     assert "`test_anml_outer_step[first]`" in text.split("## Not measured in this run")[1]
@@ -61,6 +61,16 @@ def test_a_reduced_protocol_is_not_set_against_the_whole_reference():
         data = {**DATA, "benchmarks": [_bench("test_anml_meta_test_protocol", 180.0, **info)]}
         row = next(line for line in perf.render(data, "cmd").splitlines() if "`test_anml_meta_test_protocol`" in line)
         assert row.endswith("| 200.0x |") == compared, row
+
+
+def test_the_protocol_says_its_optimiser_and_sizes():
+    info = dict(n_classes=600, val_seeds=10, seeds=10, grid=[1e-3] * 14, lengths=[10, 50, 600], optimizer="sgd",
+                device="cpu", trajectories=150, steps=1_350_000, features_s=20.0, select_s=280.0, reported_s=25.0,
+                s_per_trajectory_step=2.3e-4)
+    text = perf.render({**DATA, "benchmarks": [_bench("test_anml_meta_test_protocol", 330.0, **info)]}, "cmd")
+    protocol = text.split("## Meta-test protocol")[1]
+    assert ("| `test_anml_meta_test_protocol` | sgd | cpu | 10..600 (3) | 14 | 10 | 10 | 150 | 1,350,000 | "
+            "20.00 s | 4.7 min | 25.00 s | 230 us |") in protocol
 
 
 def test_main_writes_the_file_and_rejects_a_missing_json(tmp_path, capsys):
