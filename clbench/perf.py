@@ -164,8 +164,8 @@ def _protocol_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
         return []
     rows = ["## Meta-test protocol", "",
             "Step-size selection on validation trajectories, then the reported ones: one pass per trajectory "
-            "serves every length. The optimiser is the head's; its step cost sets the time (SGD runs in blocks "
-            "of matrix products, Adam streams the head and both moments every step).", "",
+            "serves every length. The optimiser is the head's; its step cost sets the time (SGD on a Linear head "
+            "runs in blocks of matrix products, Adam streams the head and both moments every step).", "",
             "| benchmark | optimiser | device | lengths | grid | validation draws | reported seeds | trajectories "
             "| steps | features | selection | reported | per trajectory-step |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
