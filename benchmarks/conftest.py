@@ -28,6 +28,7 @@ os.environ.setdefault("CLBENCH_CACHE", str(ROOT / ".cache" / "clbench"))
 THREADS = int(os.environ.get("CLBENCH_BENCH_THREADS", "1"))  # 2: the whole 2-core machine, as REFERENCE.md measured
 N_CLASSES = int(os.environ.get("CLBENCH_BENCH_CLASSES", "600"))  # the ANML paper's longest trajectory
 LONG_ROUNDS = int(os.environ.get("CLBENCH_BENCH_ROUNDS", "1"))  # a 600-class run takes minutes
+DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")  # the meta-learning benchmarks' device
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -47,7 +48,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def threads() -> int:
     from clbench.process import configure
 
-    configure(THREADS)  # what every clbench job process sets: threads, an allocator that keeps freed memory
+    # What every clbench job process sets: threads, an allocator that keeps freed memory, and on CUDA the
+    # cuDNN settings the jobs run under, so a GPU benchmark times what `clbench run` does.
+    configure(THREADS, DEVICE)
     return THREADS
 
 
@@ -83,7 +86,7 @@ def matmul_gflops(size: int = 1024, reps: int = 15) -> float:
 
     import torch
 
-    device = torch.device(os.environ.get("CLBENCH_BENCH_DEVICE", "cpu"))
+    device = torch.device(DEVICE)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     size = 8192 if device.type == "cuda" else size
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
