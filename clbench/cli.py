@@ -7,15 +7,14 @@ input is reported in one line before anything is computed, and never touches sto
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-import time
 from pathlib import Path
 
 from clbench import registry
 from clbench.config import PROFILE_RUN_DEFAULTS, PROFILES, RunConfig, merge_overrides, parse_set, read_config_file
 from clbench.data import DataError
 from clbench.errors import UsageError
+from clbench.provenance import RUNS, command_line
 from clbench.streams import PAPER_LENGTHS
 
 
@@ -141,15 +140,10 @@ def _cmd_run(args, argv) -> int:
     root = str(locate(rc.data_root)[0] or data.root)
     from dataclasses import replace
 
-    from clbench.results import Store
-
-    # The store keeps the commands that wrote it, so its leaderboard can say how it was produced.
-    Store(rc.out, COMMANDS).append_json([{"command": _command_line(argv), "git": _git_sha(),
-                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])
-    store = runner.run(replace(rc, data_root=root))
+    store = runner.run(replace(rc, data_root=root), command_line(argv))
     from clbench import leaderboard
 
-    text = leaderboard.render(store.rows(), _command_line(argv), _git_sha(), **_provenance(rc.out))
+    text = leaderboard.render(store.rows(), command_line(argv), **_provenance(rc.out))
     (Path(rc.out) / "leaderboard.md").write_text(text)
     print(text)
     return 0
@@ -172,26 +166,18 @@ def _store_rows(store: str):
     return rows
 
 
-COMMANDS = "commands.jsonl"
-
-
 def _provenance(store) -> dict:
-    """The run commands and the selection records kept beside a store's rows (absent files: none)."""
+    """The run records and the selection records kept beside a store's rows (absent files: none)."""
     from clbench.results import Store
 
-    return {"commands": [r["command"] for r in Store(store, COMMANDS).records()],
-            "selection": Store(store, "selection.jsonl").records()}
-
-
-def _command_line(argv: list[str]) -> str:
-    return "clbench " + " ".join(shlex.quote(a) for a in argv)
+    return {"runs": Store(store, RUNS).records(), "selection": Store(store, "selection.jsonl").records()}
 
 
 def _cmd_leaderboard(args, argv) -> int:
     from clbench import leaderboard
 
     rows = _store_rows(args.store)
-    text = leaderboard.render(rows, _command_line(argv), _git_sha(), **_provenance(args.store))
+    text = leaderboard.render(rows, command_line(argv), **_provenance(args.store))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
@@ -202,22 +188,12 @@ def _cmd_leaderboard(args, argv) -> int:
     return 0
 
 
-def _git_sha() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def _cmd_check(args, argv) -> int:
     from clbench import check
 
     rows = _store_rows(args.store)
     if args.update:
-        n = check.write_reference(rows, args.reference, _command_line(argv))
+        n = check.write_reference(rows, args.reference, command_line(argv))
         print(f"wrote {n} reference rows to {args.reference}")
         return 0
     verdicts = check.check(rows, check.read_reference(args.reference))

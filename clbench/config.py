@@ -10,11 +10,12 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomllib
 
@@ -33,6 +34,34 @@ PROFILE_RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class ConfigError(UsageError):
     pass
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds a numeric setting declares beside its type: ``Annotated[float, Range(gt=0)]``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+
+    def check(self, value: float, where: str) -> None:
+        if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
+                or (self.le is not None and not value <= self.le)):
+            raise ConfigError(f"{where}={value}: must be {self}")
+
+    def __str__(self) -> str:
+        parts = [f"> {self.gt:g}" if self.gt is not None else "", f">= {self.ge:g}" if self.ge is not None else "",
+                 f"<= {self.le:g}" if self.le is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+# The types method settings declare (every float must also be finite, whatever its range).
+Positive = Annotated[float, Range(gt=0)]  # step sizes, temperatures
+NonNegative = Annotated[float, Range(ge=0)]  # loss weights, where 0 switches a term off
+Fraction = Annotated[float, Range(ge=0, le=1)]
+Count = Annotated[int, Range(ge=1)]  # sizes, widths, steps
+Natural = Annotated[int, Range(ge=0)]  # seeds, and sizes where 0 means "off" or "all"
+Optimizer = typing.Literal["sgd", "adam"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,13 @@ class RunConfig:
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Turn a CLI string (or a TOML value) into the field's declared type."""
     origin = typing.get_origin(typ)
+    if origin is Annotated:
+        return _coerce(value, typing.get_args(typ)[0], where)
+    if origin is typing.Literal:
+        for choice in typing.get_args(typ):
+            if str(choice) == str(value):
+                return choice
+        raise ConfigError(f"{where}={value!r}: use one of {', '.join(map(str, typing.get_args(typ)))}")
     if origin is typing.Union or str(origin) == "types.UnionType":
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value in (None, "none", "None"):
@@ -69,6 +105,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(typ)[0] if typing.get_args(typ) else str
         return tuple(_coerce(v, inner, where) for v in items)
+    if typ is float and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise ConfigError(f"{where}={value}: must be a finite number")
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -88,12 +126,35 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def check_value(value: Any, typ: Any, where: str) -> None:
+    """Raise ConfigError unless ``value`` lies in the range its type declares (floats: finite)."""
+    origin = typing.get_origin(typ)
+    if origin is Annotated:
+        inner, *meta = typing.get_args(typ)
+        check_value(value, inner, where)
+        for m in meta:
+            if isinstance(m, Range):
+                m.check(value, where)
+    elif origin is typing.Literal:
+        if value not in typing.get_args(typ):
+            raise ConfigError(f"{where}={value!r}: use one of {', '.join(map(str, typing.get_args(typ)))}")
+    elif origin is typing.Union or str(origin) == "types.UnionType":
+        if value is not None:
+            check_value(value, next(a for a in typing.get_args(typ) if a is not type(None)), where)
+    elif origin is tuple:
+        inner = typing.get_args(typ)
+        for i, v in enumerate(value):
+            check_value(v, inner[0] if len(inner) == 2 and inner[1] is Ellipsis else inner[i], f"{where}[{i}]")
+    elif typ is float and not math.isfinite(value):
+        raise ConfigError(f"{where}={value}: must be a finite number")
+
+
 def resolve_method_config(module, profile: str, overrides: dict[str, Any] | None = None):
     """The method's Config: defaults, then ``module.PROFILES[profile]``, then ``overrides`` (file, CLI)."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
     cls = module.Config
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = dict(getattr(module, "PROFILES", {}).get(profile, {}))
     for key, value in (overrides or {}).items():
@@ -103,7 +164,10 @@ def resolve_method_config(module, profile: str, overrides: dict[str, Any] | None
             raise ConfigError(f"{module.SPEC.name} has no setting '{key}'{hint} "
                               f"(settings: {', '.join(sorted(fields))})")
         values[key] = _coerce(value, hints[key], f"{module.SPEC.name}.{key}")
-    return cls(**values)
+    cfg = cls(**values)
+    for f in dataclasses.fields(cls):  # defaults and profile values too: a bad profile fails here, not mid-run
+        check_value(getattr(cfg, f.name), hints[f.name], f"{module.SPEC.name}.{f.name}")
+    return cfg
 
 
 def config_dict(cfg) -> dict[str, Any]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from clbench import __version__
+from clbench import __version__, provenance
 from clbench.registry import METHODS
 from clbench.results import Row, aggregate
 
 
-def _label(method: str, profile: str, config_hash: str, multi: bool) -> str:
+def _label(method: str, profile: str, config_hash: str, multi: bool, series: str = "") -> str:
     label = method if profile == "default" else f"{method} [{profile}]"
-    return f"{label} ({config_hash[:6]})" if multi else label
+    return f"{label} ({config_hash[:6]}/{series[:6]})" if multi else label
 
 
 def _order(method: str) -> tuple[int, str]:
@@ -38,13 +38,13 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
     if kind == "mean":
         lines.append("| chance (1/N) | " + " | ".join(f"{1 / n:.3f}" for n in lengths) + " |")
     sub = df[df.split == split]
-    multi = sub.groupby(["method", "profile"]).config_hash.nunique().to_dict()
-    keys = sorted({(m, p, c) for m, p, c in zip(sub.method, sub.profile, sub.config_hash, strict=True)},
-                  key=lambda k: (_order(k[0]), k[1], k[2]))
-    for method, profile, chash in keys:
+    multi = sub.groupby(["method", "profile"]).series.nunique().to_dict()
+    keys = sorted(set(zip(sub.method, sub.profile, sub.config_hash, sub.series, strict=True)),
+                  key=lambda k: (_order(k[0]), *k[1:]))
+    for method, profile, chash, series in keys:
         cells = []
         for n in lengths:
-            hit = sub[(sub.method == method) & (sub.profile == profile) & (sub.config_hash == chash)
+            hit = sub[(sub.method == method) & (sub.profile == profile) & (sub.series == series)
                       & (sub.n_classes == n)]
             if hit.empty:
                 cells.append("-")
@@ -58,7 +58,8 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
                 cells.append("-" if math.isnan(r["ci95"]) else f"[{lo:.3f}, {hi:.3f}] (n={r['n']})")
             else:
                 cells.append(", ".join(s for s in r["selected"] if s != "{}") or "fixed")
-        lines.append(f"| {_label(method, profile, chash, multi[method, profile] > 1)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(method, profile, chash, multi[method, profile] > 1, series)} | " + " | ".join(cells)
+                     + " |")
     return lines
 
 
@@ -74,25 +75,57 @@ def _selection_lines(selection: Sequence[dict]) -> list[str]:
         lines.append(f"- {_label(method, profile, chash, False)}: {len(rec['grid'])} values ({grid}); "
                      f"validation trajectories per value: {len(seeds)} (seeds {', '.join(map(str, seeds))}); "
                      f"winner: best mean accuracy on {rec.get('scored_on', 'train')} images")
+        edges = {r["n_classes"]: "; ".join(r["at_edge"]) for r in selection if r.get("at_edge")
+                 and (r["method"], r.get("profile", ""), r["config_hash"]) == (method, profile, chash)}
+        if edges:
+            lines.append("  - **chosen at an end of the grid** (a better value may lie beyond it): "
+                         + ", ".join(f"n={n}: {e}" for n, e in sorted(edges.items())))
     return lines
 
 
-def render(rows: Sequence[Row], command: str, git_sha: str = "", commands: Sequence[str] = (),
-           selection: Sequence[dict] = ()) -> str:
-    """Markdown tables from result rows. ``commands``: the `clbench run` commands that wrote the store;
-    ``selection``: its selection records (selection.jsonl), summarised as grid and validation seeds."""
+def _provenance_lines(rows: Sequence[Row], runs: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """Warnings (dirty trees, several or unknown commits) and one line per run record the rows come from."""
+    used = {r.run for r in rows}
+    records = [rec for rec in runs if rec["run"] in used]
+    commits = sorted({r.git_sha for r in rows})
+    warnings = []
+    dirty = [r for r in rows if r.dirty]
+    if dirty:
+        which = sorted({r.git_sha for r in dirty})
+        warnings.append(f"> **Warning:** {len(dirty)} of {len(rows)} rows come from a source tree with uncommitted "
+                        f"changes ({', '.join(which)}): no commit reproduces them.")
+    if len(commits) > 1:
+        warnings.append(f"> **Note:** the rows come from {len(commits)} commits: {', '.join(commits)}.")
+    if any(not r.git_sha or r.git_sha == "unknown" for r in rows):
+        warnings.append("> **Note:** some rows come from a clbench whose commit is unknown (not its own checkout, "
+                        "nor a wheel that records one).")
+    if orphans := sum(1 for r in rows if r.run not in {rec["run"] for rec in records}):
+        warnings.append(f"> **Note:** {orphans} rows name no run record in this store's runs.jsonl.")
+    lines = []
+    for rec in records:
+        src = provenance.short(rec["source"])
+        lines.append(f"- `{rec['command']}`: run {rec['run']}, started {rec['started']}, clbench "
+                     f"{rec['clbench_version']} at git {src} ({rec['source']['origin']}), torch "
+                     f"{rec['torch_version']}, {rec['device']}, {rec['threads']} threads, {rec['cpu']}")
+    return warnings, lines
+
+
+def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selection: Sequence[dict] = ()) -> str:
+    """Markdown tables from result rows. ``runs``: the store's run records (runs.jsonl), listed where
+    rows come from them; ``selection``: its selection records, summarised as grid and validation seeds."""
     if not rows:
         raise ValueError("no result rows to render: run `clbench run` first or point --store at its --out")
     df = aggregate(list(rows))
     lengths = sorted(df.n_classes.unique().tolist())
     extras = [c for c in df.columns if c.startswith("extra.")]
-    shas = sorted({r.git_sha for r in rows})
+    warnings, run_lines = _provenance_lines(rows, runs)
     out = [
         "# clbench leaderboard: class-incremental Omniglot",
         "",
-        f"Generated by `{command}` (clbench {__version__}, git {git_sha or 'unknown'}; "
-        f"rows from git {', '.join(shas)}). Do not edit: re-run the command.",
+        f"Generated by `{command}` (clbench {__version__}, git {provenance.short(provenance.source())}; "
+        f"rows from git {', '.join(sorted({r.git_sha for r in rows}))}). Do not edit: re-run the command.",
         "",
+        *(line for w in warnings for line in (w, "")),
         "Accuracy after the last experience, argmax over the whole head; mean ± standard deviation over "
         "seeds (one trajectory per seed, one class per experience, 15 training and 5 held-out images per "
         "class). `[ci]` marks results of the reduced CI profile.",
@@ -115,8 +148,8 @@ def render(rows: Sequence[Row], command: str, git_sha: str = "", commands: Seque
     ]
     if selection:
         out += ["", *_selection_lines(selection)]
-    if commands:
-        out += ["", "## Runs that wrote these results", "", *(f"- `{c}`" for c in dict.fromkeys(commands))]
+    if run_lines:
+        out += ["", "## Runs that wrote these results", "", *run_lines]
     if extras:
         out += ["", "## Method-specific figures (test split, mean over seeds)", "",
                 "| method | n | " + " | ".join(e.removeprefix("extra.") for e in extras) + " |",

@@ -475,6 +475,20 @@ def locate(method: str, cfg, ctx) -> tuple[Recipe, dict, Path]:
     return r, key, checkpoint_dir(ctx.cache_dir, method, key)
 
 
+def identity(method: str, cfg, profile: str) -> str:
+    """What about the checkpoint a result row depends on, knowable without the data or the weights: the
+    recipe and FORMAT (the data's content hash and the weights' own hash are checked beside it)."""
+    from clbench import registry
+
+    return key_hash(registry.load(method).meta_recipe(cfg).key(profile, ""))
+
+
+def cached_hash(method: str, cfg, ctx) -> str | None:
+    """The hash of the finished checkpoint ``build`` would use now, or None when none is cached yet."""
+    meta = locate(method, cfg, ctx)[2] / "model.json"
+    return json.loads(meta.read_text())["checkpoint_hash"] if meta.is_file() else None
+
+
 def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[dict, str]:
     """The meta-trained weights for ``cfg`` (cached under ``ctx.cache_dir/checkpoints``) and their hash.
 

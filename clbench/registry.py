@@ -42,6 +42,9 @@ class MethodSpec:
     # (online, one pass, nothing sized by the trajectory length): the runner then evaluates every length
     # of a seed in one pass over the longest trajectory, since trajectories of one seed are nested.
     nested: bool = False
+    # Bump when the method's maths changes (not its speed): every stored row of the method becomes stale
+    # and the next run re-runs its cells.
+    version: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,33 @@
-"""From a run config to stored rows: validate, expand cells, select tuned fields, run, append.
+"""From a run config to stored rows: validate, expand cells, find stale rows, select tuned fields, run.
 
-A cell is (method, length, seed). Its ``run_id`` hashes everything that determines its rows, so a
-re-run skips the cells already in the store and an interrupted run loses at most the cells in flight.
+A cell is (method, length, seed). Its ``request`` hashes what the user asked for; its ``run_id`` hashes
+that and everything the code decides: protocol and algorithm versions (``SPEC.version``), the
+meta-training recipe and FORMAT of a meta-learner, the selection grid. A stored row is current when its
+run id matches and, for a meta-learner, its checkpoint is the one cached now; otherwise it is stale, the
+cell runs again and its new rows replace the old. A re-run skips current cells, and an interrupted run
+loses at most the cells in flight. Two runs on one store claim cells under the store's lock (a method's
+cells at a time), so they split the work instead of repeating it.
+
 Tuned fields (``SPEC.tuned``, e.g. the step size) are chosen per (method, length) on validation
 trajectories (seeds >= VALIDATION_SEED_BASE, disjoint from reported seeds), scored on training-image
-accuracy only; each choice is stored in ``selection.jsonl`` and reused.
+accuracy only; each choice is stored in ``selection.jsonl`` (with a warning when it lies at an end of
+its grid) and reused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
-import subprocess
 import sys
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clbench import __version__, registry
+from clbench import provenance, registry
 from clbench.config import RunConfig, config_dict, config_hash, resolve_method_config
 from clbench.data import default_cache_dir
 from clbench.errors import UsageError
@@ -42,6 +48,9 @@ class Cell:
     seed: int
     config_hash: str
     run_id: str
+    request: str = ""
+    series: str = ""
+    identity: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def validate(rc: RunConfig) -> None:
@@ -58,8 +67,17 @@ def validate(rc: RunConfig) -> None:
         if not 0 <= s < VALIDATION_SEED_BASE:
             raise UsageError(f"seed {s} is outside 0..{VALIDATION_SEED_BASE - 1}; seeds from "
                              f"{VALIDATION_SEED_BASE} on are reserved for validation trajectories")
+    for name, value, low in (("val-seeds", rc.val_seeds, 1), ("threads", rc.threads, 1),
+                             ("matrix-max", rc.matrix_max, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UsageError(f"--{name} {value!r}: expected a whole number >= {low}")
+    if rc.val_seeds > VALIDATION_SEED_BASE:
+        raise UsageError(f"--val-seeds {rc.val_seeds}: at most {VALIDATION_SEED_BASE}")
     if rc.executor not in EXECUTORS:
         raise UsageError(f"unknown executor '{rc.executor}' (use one of {', '.join(EXECUTORS)})")
+    if rc.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray, which is not installed: install clbench with the 'ray' "
+                         "extra (uv sync --extra ray) or use --executor local")
     # A Ray cluster's GPUs are on its workers, not necessarily here: only the name is checked then.
     check_device(rc.device, local=rc.executor == "local" or rc.address is None)
     if rc.executor == "ray" and rc.device.startswith("cuda:"):
@@ -100,13 +118,66 @@ def plan(rc: RunConfig) -> list[Cell]:
         cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
         chash = config_hash(method, rc.profile, cfg)
         grid = selection_grid(module) if rc.select else []
+        meta = None
+        if module.SPEC.meta_learned:
+            from clbench.metatrain import identity
+
+            meta = identity(method, cfg, rc.profile)
         for n in rc.lengths:
             for seed in rc.seeds:
-                spec = {"protocol": PROTOCOL, "version": PROTOCOL_VERSION, "method": method, "config": chash,
-                        "n": n, "seed": seed, "grid": grid, "val_seeds": rc.val_seeds if grid else 0,
-                        "matrix": n <= rc.matrix_max}
-                cells.append(Cell(method, n, seed, chash, _hash(spec)))
+                request = {"method": method, "config": chash, "n": n, "seed": seed, "select": rc.select,
+                           "val_seeds": rc.val_seeds if rc.select else 0, "matrix": n <= rc.matrix_max}
+                ident = {**request, "protocol": PROTOCOL, "version": PROTOCOL_VERSION,
+                         "algorithm": module.SPEC.version, "meta": meta, "grid": grid}
+                series = {k: v for k, v in ident.items() if k not in ("n", "seed", "matrix")}
+                cells.append(Cell(method, n, seed, chash, _hash(ident), _hash(request), _hash(series), ident))
     return cells
+
+
+def stale_reason(cell: Cell, rows: list[Row], checkpoint: str | None) -> str | None:
+    """Why the stored ``rows`` of ``cell``'s request no longer stand for it (None: they do)."""
+    for r in rows:
+        if r.run_id != cell.run_id:
+            changed = sorted(k for k in set(cell.identity) | set(r.identity)
+                             if cell.identity.get(k) != r.identity.get(k))
+            return "changed: " + ", ".join(changed)
+        if checkpoint is not None and r.checkpoint_hash != checkpoint:
+            return f"checkpoint {r.checkpoint_hash} replaced by {checkpoint}"
+    return None
+
+
+def _checkpoints(rc: RunConfig, methods) -> dict[str, str | None]:
+    """The hash of each meta-learner's checkpoint cached now (None where it is still to be made)."""
+    from clbench.metatrain import cached_hash
+
+    out = {}
+    for method in methods:
+        module = registry.load(method)
+        if module.SPEC.meta_learned:
+            cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+            ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=rc.device, profile=rc.profile,
+                                        data_root=rc.data_root, cache_dir=default_cache_dir())
+            out[method] = cached_hash(method, cfg, ctx)
+    return out
+
+
+def classify(rc: RunConfig, cells: list[Cell], store: Store) -> tuple[list[Cell], dict[str, list[Cell]], dict]:
+    """The cells to run, the stale ones among them grouped by reason, and the runs whose rows of each
+    cell's request are stored now (what a claim compares against)."""
+    stored: dict[str, list[Row]] = {}
+    for r in store.rows():
+        stored.setdefault(r.request, []).append(r)
+    checkpoints = _checkpoints(rc, dict.fromkeys(c.method for c in cells))
+    todo, stale = [], {}
+    for c in cells:
+        rows = stored.get(c.request)
+        reason = "new" if not rows else stale_reason(c, rows, checkpoints.get(c.method))
+        if reason is not None:
+            todo.append(c)
+            if reason != "new":
+                stale.setdefault(f"{c.method} {reason}", []).append(c)
+    seen = {c.request: {r.run for r in stored.get(c.request, [])} for c in todo}
+    return todo, stale, seen
 
 
 def _jobs(rc: RunConfig, method: str, seed: int, lengths, extra: dict[str, Any] | None = None,
@@ -125,6 +196,15 @@ def _jobs(rc: RunConfig, method: str, seed: int, lengths, extra: dict[str, Any] 
 def _winner(grid: list[dict], scores: list[list[float]]) -> tuple[int, list[float]]:
     means = [sum(s) / len(s) for s in scores]
     return max(range(len(grid)), key=lambda i: (means[i], -i)), means  # ties go to the earlier grid value
+
+
+def grid_edges(tuned: dict[str, tuple], winner: dict[str, Any]) -> list[str]:
+    """``["lr=0.1, the largest value"]`` for each tuned field whose chosen value ends its grid."""
+    out = []
+    for name, values in tuned.items():
+        if len(values) > 1 and winner[name] in (min(values), max(values)):
+            out.append(f"{name}={winner[name]}, the {'largest' if winner[name] == max(values) else 'smallest'} value")
+    return out
 
 
 def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> dict[int, dict[str, Any]]:
@@ -169,33 +249,24 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
         table = [[scores[key(g, seed, n)] for seed in val_seeds] for g in grid]
         best, means = _winner(grid, table)
         chosen[n] = grid[best]
+        edges = grid_edges(module.SPEC.tuned, grid[best])
+        if edges and jobs:
+            progress(f"  warning: {method} n={n}: {', '.join(edges)} of its grid was chosen; a better value may "
+                     "lie beyond it")
         records.append({"method": method, "config_hash": chash, "n_classes": n, "profile": rc.profile, "grid": grid,
                         "val_seeds": val_seeds, "scores": table, "mean_train_acc": means, "winner": grid[best],
-                        "scored_on": "train"})
+                        "at_edge": edges, "scored_on": "train"})
     if jobs:
         Store(store_dir, "selection.jsonl").append_json(records)
     return chosen
 
 
-@lru_cache(maxsize=1)
-def _versions() -> dict[str, str]:
-    import avalanche
-    import torch
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return {"clbench_version": __version__, "git_sha": sha or "unknown", "torch_version": torch.__version__,
-            "avalanche_version": avalanche.__version__}
-
-
-def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outcome) -> list[Row]:
+def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outcome, record: dict) -> list[Row]:
     module = registry.load(cell.method)
     cfg = resolve_method_config(module, rc.profile, {**rc.method_overrides.get(cell.method, {}), **selected})
     R = outcome.matrix
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    src = record["source"]
     return [Row(
         run_id=cell.run_id, protocol=PROTOCOL, protocol_version=PROTOCOL_VERSION, method=cell.method,
         profile=rc.profile, config=config_dict(cfg), config_hash=cell.config_hash, n_classes=cell.n_classes,
@@ -206,8 +277,10 @@ def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outco
         selected=selected, train_seconds=round(outcome.train_seconds, 3),
         eval_seconds=round(outcome.eval_seconds, 3), peak_mem_mb=round(outcome.peak_mem_mb, 1),
         stream_hash=outcome.stream_hash, data_hash=outcome.data_hash, checkpoint_hash=outcome.checkpoint_hash,
-        extra=outcome.extra.get(split, {}), device=rc.device, threads=outcome.threads, timestamp=now,
-        **_versions(),
+        extra=outcome.extra.get(split, {}), request=cell.request, identity=cell.identity, series=cell.series,
+        run=record["run"], clbench_version=record["clbench_version"], git_sha=provenance.short(src),
+        dirty=src["dirty"], torch_version=record["torch_version"], avalanche_version=record["avalanche_version"],
+        device=rc.device, threads=outcome.threads, cpu=record["cpu"], timestamp=now,
     ) for split in ("train", "test")]
 
 
@@ -215,39 +288,68 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run(rc: RunConfig, progress=_stderr) -> Store:
-    """Run every cell not already stored; the rows of each job are appended as soon as it finishes."""
+def run(rc: RunConfig, command: str = "", progress=_stderr) -> Store:
+    """Run every cell that is new or stale; the rows of each job are stored as soon as it finishes.
+
+    The run record (command, clbench's commit, platform) goes to ``runs.jsonl`` before the first job.
+    A meta-learner's checkpoint may be made by this run; rows stored earlier with another checkpoint
+    are then stale too, and a second pass re-runs them.
+    """
     cells = plan(rc)
     store = Store(rc.out)
-    done = store.done_run_ids()
-    todo = [c for c in cells if c.run_id not in done]
-    progress(f"clbench: {len(cells)} cells, {len(cells) - len(todo)} already in {store.path}, {len(todo)} to run")
+    for name in ("selection.jsonl", "validation.jsonl", provenance.RUNS):
+        Store(rc.out, name).check()  # a damaged store fails now, before any work
+    todo, stale, seen = classify(rc, cells, store)
+    progress(f"clbench: {len(cells)} cells, {len(cells) - len(todo)} current in {store.path}, "
+             f"{len(todo)} to run ({sum(map(len, stale.values()))} stale)")
+    for reason, cs in stale.items():
+        progress(f"  {len(cs)} stale: {reason}")
     if not todo:
         return store
-    rc.out.mkdir(parents=True, exist_ok=True)
-    selected: dict[tuple[str, int], dict[str, Any]] = {}
-    for method in dict.fromkeys(c.method for c in todo):
-        lengths = sorted({c.n_classes for c in todo if c.method == method})
-        chosen = select(rc, rc.out, method, lengths, progress) if rc.select else {n: {} for n in lengths}
-        selected.update({(method, n): v for n, v in chosen.items()})
-    # Cells that share a method, seed and selected values form one job when the method is nested.
+    record = provenance.run_record(command, rc.device, rc.threads, rc.executor)
+    Store(rc.out, provenance.RUNS).append_json([record])
+    done: set[str] = set()
+    try:
+        for _ in range(2):
+            for method in dict.fromkeys(c.method for c in todo):
+                _run_method(rc, store, [c for c in todo if c.method == method], seen, record, progress)
+            done |= {c.request for c in todo}
+            todo, stale, seen = classify(rc, [c for c in cells if c.request not in done], store)
+            if not todo:
+                break
+            for reason, cs in stale.items():
+                progress(f"clbench: {len(cs)} stored cells are stale after this run's meta-training: {reason}")
+    finally:
+        store.release(record["run"])
+    return store
+
+
+def _run_method(rc: RunConfig, store: Store, cells: list[Cell], seen: dict, record: dict, progress) -> None:
+    """Claim ``cells`` (one method's), select its tuned values, run its jobs, store rows as jobs end."""
+    method = cells[0].method
+    mine = store.claim({c.request: seen[c.request] for c in cells}, record)
+    if len(mine) < len(cells):
+        progress(f"  {method}: {len(cells) - len(mine)} cells are stored or claimed by another run meanwhile; "
+                 "left to it")
+    cells = [c for c in cells if c.request in mine]
+    if not cells:
+        return
+    lengths = sorted({c.n_classes for c in cells})
+    selected = select(rc, rc.out, method, lengths, progress) if rc.select else {n: {} for n in lengths}
+    # Cells that share a seed and selected values form one job when the method is nested.
     groups: dict[tuple, list[Cell]] = {}
-    for c in todo:
-        groups.setdefault((c.method, c.seed, json.dumps(selected[c.method, c.n_classes], sort_keys=True)), []).append(c)
+    for c in cells:
+        groups.setdefault((c.seed, json.dumps(selected[c.n_classes], sort_keys=True)), []).append(c)
     jobs, job_cells = [], []
-    for (method, seed, chosen), group in groups.items():
+    for (seed, chosen), group in groups.items():
         for job in _jobs(rc, method, seed, [c.n_classes for c in group], json.loads(chosen)):
             jobs.append(job)
             job_cells.append({c.n_classes: c for c in group if c.n_classes in job.lengths})
-    k = 0
     for i, outcomes in execute(jobs, rc.executor, rc.address):
         rows = []
         for o in outcomes:
             cell = job_cells[i][o.n_classes]
-            rows += rows_for(rc, cell, selected[cell.method, cell.n_classes], o)
-            k += 1
+            rows += rows_for(rc, cell, selected[cell.n_classes], o, record)
             accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in o.acc.items())
-            progress(f"[{k}/{len(todo)}] {cell.method} n={cell.n_classes} seed={cell.seed} {accs} "
-                     f"({o.train_seconds:.1f}s train)")
-        store.append(rows)
-    return store
+            progress(f"  {method} n={cell.n_classes} seed={cell.seed} {accs} ({o.train_seconds:.1f}s train)")
+        store.append(rows, supersede=True)

@@ -24,29 +24,31 @@ about 0.13 s per step on one thread (400 steps: about a minute), the default pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from clbench.config import Count, Natural, Optimizer, Positive, Range
 from clbench.registry import BuildContext, MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
     # meta-test
-    lr: float = 3e-4  # head step size; chosen per length from SPEC.tuned on validation streams
-    optimizer: str = "adam"  # ref code's evaluate_classification.py uses Adam (the paper says SGD)
+    lr: Positive = 3e-4  # head step size; chosen per length from SPEC.tuned on validation streams
+    optimizer: Optimizer = "adam"  # ref code's evaluate_classification.py uses Adam (the paper says SGD)
     # network
-    in_channels: int = 3  # ref code repeats the grey image to 3 channels; 1 feeds it as is
-    nm_channels: int = 112  # paper / ref code
-    pln_channels: int = 256  # paper / ref code: 256 * 3 * 3 = 2304 features
-    n_outputs: int = 1000  # ref code's head: more units than any trajectory has classes
+    in_channels: Annotated[int, Range(ge=1, le=3)] = 3  # ref code repeats the grey image; 1 feeds it as is
+    nm_channels: Count = 112  # paper / ref code
+    pln_channels: Count = 256  # paper / ref code: 256 * 3 * 3 = 2304 features
+    n_outputs: Count = 1000  # ref code's head: more units than any trajectory has classes
     # meta-training (changes the checkpoint)
-    meta_steps: int = 20_000  # ref README: --steps 20000
-    inner_lr: float = 0.1  # ref README: --update_lr 0.1
-    meta_lr: float = 1e-3  # ref README: --meta_lr 0.001
-    inner_images: int = 20  # ref code: all 20 drawings of the class, one SGD step each
-    remember: int = 64  # ref code: 64 random background images join the meta-loss
+    meta_steps: Natural = 20_000  # ref README: --steps 20000
+    inner_lr: Positive = 0.1  # ref README: --update_lr 0.1
+    meta_lr: Positive = 1e-3  # ref README: --meta_lr 0.001
+    inner_images: Annotated[int, Range(ge=1, le=20)] = 20  # ref code: all 20 drawings of the class, one SGD step each
+    remember: Natural = 64  # ref code: 64 random background images join the meta-loss
     first_order: bool = False  # the paper's second order; True reproduces the released code
-    meta_seed: int = 0  # meta-training seed, independent of the trajectory seed: one checkpoint serves all
-    checkpoint_every: int = 500  # resumable saves; does not change the weights
+    meta_seed: Natural = 0  # meta-training seed, independent of the trajectory seed: one checkpoint serves all
+    checkpoint_every: Count = 500  # resumable saves; does not change the weights
 
 
 # The reference's meta-test grid for Adam (ANML ref code evaluate_classification.py, 14 values from

@@ -42,50 +42,52 @@ The knobs are ``iters`` and ``solver_iters``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from clbench.config import Count, Fraction, Natural, NonNegative, Positive
 from clbench.registry import BuildContext, MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
-    n_outputs: int = 1000  # classes the memory and heads have room for, as the baselines' fixed heads:
+    n_outputs: Count = 1000  # classes the memory and heads have room for, as the baselines' fixed heads:
     #   nothing is sized by the trajectory length, so one run of 600 classes serves every shorter length
-    iters: int = 60  # GAN steps per class; 10-class generated-only accuracy 0.26/0.45/0.47 at 30/60/120
-    first_iters: int = 150  # the first class trains both nets from scratch; later ones reuse its units
-    batch: int = 16  # real (and generated) images of the current class per GAN step
-    replay_batch: int = 16  # generated images of earlier classes per critic step, for its class head
-    nz: int = 32  # generator noise size (15 images per class carry little variation)
-    n_code: int = 16  # learned per-class input code (DGM feeds the label to the generator too)
-    g_widths: tuple[int, ...] = (128, 256)  # initial masked hidden units of the generator
-    emb_std: float = 0.5  # |start| of a new class's mask embeddings (HAT: N(0, 1)); see init_masks
+    iters: Count = 60  # GAN steps per class; 10-class generated-only accuracy 0.26/0.45/0.47 at 30/60/120
+    first_iters: Count = 150  # the first class trains both nets from scratch; later ones reuse its units
+    batch: Count = 16  # real (and generated) images of the current class per GAN step
+    replay_batch: Natural = 16  # generated images of earlier classes per critic step, for its class head
+    nz: Count = 32  # generator noise size (15 images per class carry little variation)
+    n_code: Natural = 16  # learned per-class input code (DGM feeds the label to the generator too)
+    g_widths: tuple[Count, ...] = (128, 256)  # initial masked hidden units of the generator
+    emb_std: Positive = 0.5  # |start| of a new class's mask embeddings (HAT: N(0, 1)); see init_masks
     masks: bool = True  # False: the ablation without masks (a plain conditional generator)
-    d_width1: int = 16  # critic channels at 14x14
-    d_width2: int = 32  # critic channels at 7x7
-    d_hidden: int = 128  # critic features shared by the score, the class head and feature matching
-    lr_g: float = 2e-3  # Adam; above WGAN-GP's 1e-4 because a class gets only `iters` steps
-    lr_d: float = 2e-3
-    lr_emb: float = 5e-2  # mask embeddings and codes: they must be able to flip within an experience
-    betas: tuple[float, float] = (0.5, 0.9)  # WGAN-GP's Adam betas (Gulrajani et al. 2017)
-    gp_weight: float = 10.0  # WGAN-GP's lambda
-    gp_every: int = 4  # lazy penalty (Karras et al. 2020): every k-th critic step, weighted by k
-    aux_weight: float = 1.0  # AC-GAN class loss (Odena et al. 2017), critic and generator
-    adv_weight: float = 1.0  # the generator's WGAN term
-    fm_weight: float = 10.0  # feature matching; 10-class generated-only accuracy 0.24/0.58/0.68 at 0/1/10
-    s_max: float = 400.0  # HAT's s_max
-    reg_weight: float = 4.0  # price of claiming free units (HAT's c, DGM's lambda_RU); see price below
-    claim_budget: tuple[int, ...] = (4, 32)  # free units per layer a class may claim; 20-class test
+    d_width1: Count = 16  # critic channels at 14x14
+    d_width2: Count = 32  # critic channels at 7x7
+    d_hidden: Count = 128  # critic features shared by the score, the class head and feature matching
+    lr_g: Positive = 2e-3  # Adam; above WGAN-GP's 1e-4 because a class gets only `iters` steps
+    lr_d: Positive = 2e-3
+    lr_emb: Positive = 5e-2  # mask embeddings and codes: they must be able to flip within an experience
+    betas: tuple[Fraction, Fraction] = (0.5, 0.9)  # WGAN-GP's Adam betas (Gulrajani et al. 2017)
+    gp_weight: NonNegative = 10.0  # WGAN-GP's lambda
+    gp_every: Count = 4  # lazy penalty (Karras et al. 2020): every k-th critic step, weighted by k
+    aux_weight: NonNegative = 1.0  # AC-GAN class loss (Odena et al. 2017), critic and generator
+    adv_weight: NonNegative = 1.0  # the generator's WGAN term
+    fm_weight: NonNegative = 10.0  # feature matching; 10-class generated-only accuracy 0.24/0.58/0.68 at 0/1/10
+    s_max: Positive = 400.0  # HAT's s_max
+    reg_weight: NonNegative = 4.0  # price of claiming free units (HAT's c, DGM's lambda_RU); see price below
+    claim_budget: tuple[Natural, ...] = (4, 32)  # free units per layer a class may claim; 20-class test
     #   accuracy rose with it ((2, 16): 0.27, (4, 32): 0.40, unbounded: 0.45) and so does the cost
-    expand_threshold: float = 0.25  # grow a layer when its free fraction falls below this
-    expand_frac: float = 0.25  # ... by this fraction of its initial width
-    solver: str = "convnet"  # "convnet": a separate classifier; "aux": the critic's class head
-    solver_width: int = 64  # convnet channels (at 14x14 input: as accurate as width 32 at 28x28)
-    solver_blur: int = 1  # 3x3 blur passes in front of the classifier (0 -> 1: 0.17 -> 0.29; 2: 0.29)
-    jitter: float = 1.0  # random shift (pixels at 14x14) of every classifier training image
-    solver_iters: int = 40  # classifier steps per class (50 classes: 0.22/0.30/0.32 at 20/40/60)
-    solver_batch: int = 32
-    lr_solver: float = 1e-3  # Adam's default step
-    cur_share: float = 0.0  # minimum share of the current class in a classifier batch (else 1/(t+1))
-    cur_real: float = 1.0  # real share of the current class's classifier images (0.25/0.5/1: .28/.29/.35)
+    expand_threshold: Fraction = 0.25  # grow a layer when its free fraction falls below this
+    expand_frac: Positive = 0.25  # ... by this fraction of its initial width
+    solver: Literal["convnet", "aux"] = "convnet"  # "convnet": a separate classifier; "aux": the critic's class head
+    solver_width: Count = 64  # convnet channels (at 14x14 input: as accurate as width 32 at 28x28)
+    solver_blur: Natural = 1  # 3x3 blur passes in front of the classifier (0 -> 1: 0.17 -> 0.29; 2: 0.29)
+    jitter: NonNegative = 1.0  # random shift (pixels at 14x14) of every classifier training image
+    solver_iters: Count = 40  # classifier steps per class (50 classes: 0.22/0.30/0.32 at 20/40/60)
+    solver_batch: Count = 32
+    lr_solver: Positive = 1e-3  # Adam's default step
+    cur_share: Fraction = 0.0  # minimum share of the current class in a classifier batch (else 1/(t+1))
+    cur_real: Fraction = 1.0  # real share of the current class's classifier images (0.25/0.5/1: .28/.29/.35)
 
 
 SPEC = MethodSpec(name="dgm", config=Config, nested=True)

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clbench.config import Count, Fraction, NonNegative, Optimizer, Positive
 from clbench.registry import BuildContext, MethodSpec
 from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
 class Config:
-    lr: float = 0.01  # SGD step, as naive; chosen per length on validation streams
-    optimizer: str = "sgd"
-    ewc_lambda: float = 100.0  # penalty strength; online-EWC papers use 1e1..1e3 for small convnets
-    decay_factor: float = 0.9  # online EWC's gamma (Schwarz et al. 2018 use values just below 1)
-    train_mb_size: int = 1  # the ANML/OML protocol
-    train_epochs: int = 1
-    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
-    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
+    lr: Positive = 0.01  # SGD step, as naive; chosen per length on validation streams
+    optimizer: Optimizer = "sgd"
+    ewc_lambda: NonNegative = 100.0  # penalty strength; online-EWC papers use 1e1..1e3 for small convnets
+    decay_factor: Fraction = 0.9  # online EWC's gamma (Schwarz et al. 2018 use values just below 1)
+    train_mb_size: Count = 1  # the ANML/OML protocol
+    train_epochs: Count = 1
+    width: Count = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: Count = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
 SPEC = MethodSpec(name="ewc", config=Config, tuned={"lr": LR_GRID}, nested=True)

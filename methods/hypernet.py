@@ -56,25 +56,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from clbench.config import Count, Natural, NonNegative, Positive
 from clbench.registry import BuildContext, MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
-    classes_per_task: int = 10  # k: consecutive classes per hypernetwork task (see module docstring)
+    classes_per_task: Count = 10  # k: consecutive classes per hypernetwork task (see module docstring)
     # Hypernetwork: hidden layers of width x depth; the last width bounds how many tasks' weight vectors
     # the output layer can place independently (60 tasks at 600 classes).
-    hnet_width: int = 100  # hypercl's hnets use 10-350 units per layer (PermutedMNIST-100: 200-350)
-    hnet_depth: int = 2  # hypercl's SplitMNIST and PermutedMNIST-10 hnets have two hidden layers
-    chunk_size: int = 0  # 0: full hypernet (HMLP, one output per target weight); >0: ChunkedHMLP chunk
-    chunk_emb_size: int = 32  # ChunkedHMLP only: size of each chunk's embedding
-    task_emb_size: int = 32  # size of e_t (hypercl: 24-128 by experiment; 96 gave the same here)
-    beta: float = 0.01  # output regulariser: the authors' SplitMNIST setting (hypercl's class_beta)
-    reg_tasks: int = 32  # earlier tasks regularised per step, drawn at random; 0 = all (hypercl's
+    hnet_width: Count = 100  # hypercl's hnets use 10-350 units per layer (PermutedMNIST-100: 200-350)
+    hnet_depth: Natural = 2  # hypercl's SplitMNIST and PermutedMNIST-10 hnets have two hidden layers
+    chunk_size: Natural = 0  # 0: full hypernet (HMLP, one output per target weight); >0: ChunkedHMLP chunk
+    chunk_emb_size: Count = 32  # ChunkedHMLP only: size of each chunk's embedding
+    task_emb_size: Count = 32  # size of e_t (hypercl: 24-128 by experiment; 96 gave the same here)
+    beta: NonNegative = 0.01  # output regulariser: the authors' SplitMNIST setting (hypercl's class_beta)
+    reg_tasks: Natural = 32  # earlier tasks regularised per step, drawn at random; 0 = all (hypercl's
     #                      hnet_reg_batch_size = 32 for PermutedMNIST-250)
-    lr: float = 1e-3  # Adam on theta and e_t (hypercl's SplitMNIST class_lr); chosen per length
-    epochs_per_task: int = 40  # passes over a task's 15k images: 200 steps of 32 at k = 10
-    train_mb_size: int = 32  # hypercl uses 128 on MNIST; a task here has only 150 images
+    lr: Positive = 1e-3  # Adam on theta and e_t (hypercl's SplitMNIST class_lr); chosen per length
+    epochs_per_task: Count = 40  # passes over a task's 15k images: 200 steps of 32 at k = 10
+    train_mb_size: Count = 32  # hypercl uses 128 on MNIST; a task here has only 150 images
 
 
 SPEC = MethodSpec(name="hypernet", config=Config, tuned={"lr": (3e-4, 1e-3, 3e-3)})

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clbench.config import Count, Optimizer, Positive
 from clbench.registry import BuildContext, MethodSpec
 from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
 class Config:
-    lr: float = 0.01  # SGD step; chosen per length on validation streams (see SPEC.tuned)
-    optimizer: str = "sgd"  # the papers' meta-test optimiser
-    train_mb_size: int = 1  # the ANML/OML protocol: one image per step
-    train_epochs: int = 1  # one pass over the stream
-    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
-    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
+    lr: Positive = 0.01  # SGD step; chosen per length on validation streams (see SPEC.tuned)
+    optimizer: Optimizer = "sgd"  # the papers' meta-test optimiser
+    train_mb_size: Count = 1  # the ANML/OML protocol: one image per step
+    train_epochs: Count = 1  # one pass over the stream
+    width: Count = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: Count = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
 SPEC = MethodSpec(name="naive", config=Config, tuned={"lr": LR_GRID}, nested=True)

@@ -21,29 +21,31 @@ about 0.11 s of CPU (600 steps: 65 s), default (64 channels) about 0.33 s (1,000
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from clbench.config import Count, Natural, Optimizer, Positive, Range
 from clbench.registry import BuildContext, MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
     # meta-test
-    lr: float = 3e-4  # PLN step size; chosen per length from SPEC.tuned on validation streams
-    optimizer: str = "adam"  # the OML/ANML evaluate_classification.py scripts use Adam
+    lr: Positive = 3e-4  # PLN step size; chosen per length from SPEC.tuned on validation streams
+    optimizer: Optimizer = "adam"  # the OML/ANML evaluate_classification.py scripts use Adam
     # network
-    input_size: int = 28  # 28: the ANML paper's OML variant; 84: the OML paper's (image_size() below)
-    channels: int = 256  # OML paper / code: 256 * 3 * 3 = 2304 features
-    hidden: int = 0  # 0: current OML code's single Linear; 1024: the paper-era 2304 -> 1024 -> 1000
-    n_outputs: int = 1000  # OML code's head
+    input_size: Count = 28  # 28: the ANML paper's OML variant; 84: the OML paper's (image_size() below)
+    channels: Count = 256  # OML paper / code: 256 * 3 * 3 = 2304 features
+    hidden: Natural = 0  # 0: current OML code's single Linear; 1024: the paper-era 2304 -> 1024 -> 1000
+    n_outputs: Count = 1000  # OML code's head
     # meta-training (changes the checkpoint)
-    meta_steps: int = 15_000  # OML README: --steps 15000
-    inner_lr: float = 0.03  # OML README: --update_lr 0.03
-    meta_lr: float = 1e-4  # OML code's default --meta_lr
-    inner_images: int = 20  # OML README: --update_step 20, one drawing per step
-    remember: int = 64  # the meta-loss's random background images, as ANML's re-run of OML
+    meta_steps: Natural = 15_000  # OML README: --steps 15000
+    inner_lr: Positive = 0.03  # OML README: --update_lr 0.03
+    meta_lr: Positive = 1e-4  # OML code's default --meta_lr
+    inner_images: Annotated[int, Range(ge=1, le=20)] = 20  # OML README: --update_step 20, one drawing per step
+    remember: Natural = 64  # the meta-loss's random background images, as ANML's re-run of OML
     first_order: bool = False  # the current OML code is second order
-    meta_seed: int = 0  # meta-training seed, independent of the trajectory seed
-    checkpoint_every: int = 500  # resumable saves; does not change the weights
+    meta_seed: Natural = 0  # meta-training seed, independent of the trajectory seed
+    checkpoint_every: Count = 500  # resumable saves; does not change the weights
 
 
 # The reference's meta-test grid for Adam (ANML ref code evaluate_classification.py, 14 values from

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clbench.config import Count, Optimizer, Positive
 from clbench.registry import BuildContext, MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
-    lr: float = 1e-3  # Adam's default step
-    optimizer: str = "adam"  # i.i.d. training needs no protocol constraint: the usual choice
-    train_mb_size: int = 32
-    train_epochs: int = 15  # enough for the convnet to fit 15 images per class
-    width: int = 64
+    lr: Positive = 1e-3  # Adam's default step
+    optimizer: Optimizer = "adam"  # i.i.d. training needs no protocol constraint: the usual choice
+    train_mb_size: Count = 32
+    train_epochs: Count = 15  # enough for the convnet to fit 15 images per class
+    width: Count = 64
 
 
 SPEC = MethodSpec(name="oracle", config=Config)

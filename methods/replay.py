@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clbench.config import Count, Optimizer, Positive
 from clbench.registry import BuildContext, MethodSpec
 from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
 class Config:
-    lr: float = 0.01  # SGD step; chosen per length on validation streams
-    optimizer: str = "sgd"
-    mem_size: int = 200  # the OML paper's replay buffer size
-    train_mb_size: int = 1  # current images per step (the protocol's batch size 1)
-    train_epochs: int = 1
-    width: int = 64  # convnet channels (the usual 4-conv Omniglot width)
-    n_outputs: int = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
+    lr: Positive = 0.01  # SGD step; chosen per length on validation streams
+    optimizer: Optimizer = "sgd"
+    mem_size: Count = 200  # the OML paper's replay buffer size
+    train_mb_size: Count = 1  # current images per step (the protocol's batch size 1)
+    train_epochs: Count = 1
+    width: Count = 64  # convnet channels (the usual 4-conv Omniglot width)
+    n_outputs: Count = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
 SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": LR_GRID}, nested=True)

@@ -3,17 +3,30 @@ from dataclasses import dataclass
 
 import pytest
 
-from clbench.config import ConfigError, config_hash, parse_set, read_config_file, resolve_method_config
+from clbench import registry
+from clbench.config import (
+    ConfigError,
+    Count,
+    Fraction,
+    Optimizer,
+    Positive,
+    config_hash,
+    parse_set,
+    read_config_file,
+    resolve_method_config,
+)
 from clbench.registry import MethodSpec
 
 
 @dataclass(frozen=True)
 class Config:
-    lr: float = 0.1
-    width: int = 64
-    optimizer: str = "sgd"
+    lr: Positive = 0.1
+    width: Count = 64
+    optimizer: Optimizer = "sgd"
     first_order: bool = False
-    grid: tuple[int, ...] = (1, 2)
+    grid: tuple[Count, ...] = (1, 2)
+    decay: Fraction = 0.5
+    plain: float = 1.0
 
 
 MOD = types.SimpleNamespace(Config=Config, SPEC=MethodSpec("toy", Config), PROFILES={"ci": {"width": 8, "lr": 0.5}})
@@ -59,3 +72,37 @@ def test_parse_set_and_file(tmp_path):
     f.write_text("[rnu]\n")
     with pytest.raises(ConfigError, match="unknown tables"):
         read_config_file(f)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", "-1", "toy.lr=-1.0: must be > 0"),
+    ("lr", "0", "toy.lr=0.0: must be > 0"),
+    ("lr", "nan", "toy.lr=nan: must be a finite number"),
+    ("plain", "inf", "toy.plain=inf: must be a finite number"),
+    ("width", "0", "toy.width=0: must be >= 1"),
+    ("grid", "3,0", "toy.grid[1]=0: must be >= 1"),
+    ("decay", "1.5", "toy.decay=1.5: must be >= 0 and <= 1"),
+    ("optimizer", "adamw", "toy.optimizer='adamw': use one of sgd, adam"),
+])
+def test_settings_out_of_their_declared_range(field, value, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_method_config(MOD, "default", {field: value})
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_method_declares_a_range_for_its_numbers(name):
+    """Every numeric setting of every method says its range beside its type, and the defaults and
+    profiles lie in it."""
+    import dataclasses
+    import typing
+
+    module = registry.load(name)
+    hints = typing.get_type_hints(module.Config, include_extras=True)
+    for f in dataclasses.fields(module.Config):
+        hint = hints[f.name]
+        bare = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+        if bare in (int, float):
+            assert typing.get_origin(hint) is typing.Annotated, f"{name}.{f.name} declares no range"
+    for profile in ("ci", "default", "paper"):
+        resolve_method_config(module, profile)

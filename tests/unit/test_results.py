@@ -4,13 +4,15 @@ import math
 import pytest
 
 from clbench.check import check, exit_code, read_reference, write_reference
-from clbench.results import Row, Store, aggregate
+from clbench.results import Row, Store, StoreError, aggregate
 
 
-def row(method="naive", n=10, seed=0, split="test", acc=0.5, status="ok", stream="h", chash="c1", profile="default"):
+def row(method="naive", n=10, seed=0, split="test", acc=0.5, status="ok", stream="h", chash="c1", profile="default",
+        series="", run=""):
     return Row(run_id=f"{method}-{n}-{seed}-{chash}", protocol="p", protocol_version=1, method=method,
                profile=profile, config={}, config_hash=chash, n_classes=n, classes_per_exp=1, seed=seed,
-               split=split, status=status, acc=acc, n_samples=50, stream_hash=f"{stream}{seed}")
+               split=split, status=status, acc=acc, n_samples=50, stream_hash=f"{stream}{seed}",
+               request=f"{method}-{n}-{seed}", series=series, run=run)
 
 
 def test_store_round_trip_and_resume(tmp_path):
@@ -18,7 +20,53 @@ def test_store_round_trip_and_resume(tmp_path):
     s.append([row(seed=0), row(seed=0, split="train")])
     s.append([row(seed=1)])
     assert [r.seed for r in s.rows()] == [0, 0, 1]
-    assert s.done_run_ids() == {"naive-10-0-c1", "naive-10-1-c1"}
+
+
+def test_supersede_replaces_the_rows_of_the_same_request(tmp_path):
+    s = Store(tmp_path)
+    s.append([row(seed=0, acc=0.1), row(seed=0, split="train", acc=0.2), row(seed=1, acc=0.3)])
+    s.append([row(seed=0, acc=0.9, series="new"), row(seed=0, split="train", acc=0.8, series="new")], supersede=True)
+    assert sorted((r.seed, r.split, r.acc) for r in s.rows()) == [(0, "test", 0.9), (0, "train", 0.8), (1, "test", 0.3)]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_damaged_line_names_file_and_line_and_blocks_appends(tmp_path):
+    s = Store(tmp_path)
+    s.append([row(seed=0), row(seed=1), row(seed=2)])
+    lines = s.path.read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:30] + "<<<<<<< HEAD\n"  # a bad merge in the middle of the file
+    s.path.write_text("".join(lines))
+    with pytest.raises(StoreError, match=rf"{s.path} line 2 is damaged"):
+        s.rows()
+    with pytest.raises(StoreError, match="line 2"):
+        s.append([row(seed=3)], supersede=True)
+    assert s.path.read_text() == "".join(lines)
+
+
+def test_claims_split_work_between_live_runs(tmp_path):
+    import os
+    import platform
+
+    s = Store(tmp_path)
+    a = {"run": "a", "pid": os.getpid(), "host": platform.node()}
+    b = {"run": "b", "pid": os.getpid(), "host": platform.node()}
+    assert s.claim({"q1": set(), "q2": set()}, a) == {"q1", "q2"}
+    assert s.claim({"q2": set(), "q3": set()}, b) == {"q3"}  # q2 is a's while a lives
+    s.append([row(seed=5, run="a")])  # a stores request naive-10-5
+    assert s.claim({"naive-10-5": set()}, b) == set()  # stored by another run since b looked
+    assert s.claim({"naive-10-5": {"a"}}, b) == {"naive-10-5"}  # b saw a's row (a stale one) and re-runs it
+    s.release("a")
+    assert s.claim({"q1": set()}, b) == {"q1"}
+    dead = {"run": "c", "pid": 2**22 + 12345, "host": platform.node()}  # no such process
+    s.release("b")
+    assert s.claim({"q9": set()}, dead) == {"q9"}
+    assert s.claim({"q9": set()}, b) == {"q9"}  # a dead run's claim holds nothing
+
+
+def test_aggregate_never_mixes_series():
+    rows = [row(seed=s, acc=0.5, series="old") for s in range(3)] + [row(seed=s, acc=0.7, series="new") for s in range(3)]
+    df = aggregate(rows)
+    assert sorted(df["mean"].round(3)) == [0.5, 0.7] and set(df.series) == {"old", "new"}
 
 
 def test_torn_last_line_is_ignored_then_repaired(tmp_path):
@@ -72,11 +120,34 @@ def test_leaderboard_names_the_selection_grid_and_the_runs():
 
     sel = [{"method": "naive", "profile": "default", "config_hash": "c1", "n_classes": n,
             "grid": [{"lr": 0.1}, {"lr": 0.01}], "val_seeds": [10000, 10001], "scored_on": "train"} for n in (10, 50)]
-    text = render([row(seed=0), row(seed=1)], "cmd", commands=["clbench run a", "clbench run a", "clbench run b"],
-                  selection=sel)
+    sel[0]["at_edge"] = ["lr=0.1, the largest value"]
+    runs = [_record("r1", "clbench run a"), _record("r2", "clbench run b"), _record("r3", "clbench run c")]
+    text = render([row(seed=0, run="r1"), row(seed=1, run="r2")], "cmd", runs=runs, selection=sel)
     assert text.count("validation trajectories per value: 2 (seeds 10000, 10001)") == 1
     assert "2 values (lr=0.1; lr=0.01)" in text and "best mean accuracy on train images" in text
-    assert text.count("- `clbench run a`") == 1 and "- `clbench run b`" in text
+    assert "chosen at an end of the grid** (a better value may lie beyond it): n=10: lr=0.1, the largest" in text
+    assert "- `clbench run a`: run r1" in text and "- `clbench run b`: run r2" in text
+    assert "clbench run c" not in text  # a run record no row comes from is not listed
+    assert "Warning" not in text and "commits" not in text
+
+
+def _record(run, command, commit="a" * 40, dirty=False):
+    return {"run": run, "command": command, "started": "2026-12-01T00:00:00+0000", "clbench_version": "0.1.0",
+            "source": {"origin": "checkout", "commit": commit, "dirty": dirty, "diff_hash": "d1ff" if dirty else None},
+            "torch_version": "2.13.0", "device": "cpu", "threads": 1, "cpu": "test cpu"}
+
+
+def test_leaderboard_flags_dirty_rows_and_several_commits():
+    import dataclasses
+
+    from clbench.leaderboard import render
+
+    clean = dataclasses.replace(row(seed=0, run="r1"), git_sha="a" * 12, dirty=False)
+    dirty = dataclasses.replace(row(seed=1, run="r2"), git_sha="b" * 12 + "+dirty.d1ff", dirty=True)
+    text = render([clean, dirty], "cmd", runs=[_record("r1", "x"), _record("r2", "y", "b" * 40, dirty=True)])
+    assert "**Warning:** 1 of 2 rows come from a source tree with uncommitted changes (bbbbbbbbbbbb+dirty.d1ff)" in text
+    assert "the rows come from 2 commits" in text
+    assert "at git bbbbbbbbbbbb+dirty.d1ff (checkout)" in text
 
 
 def test_a_trajectory_counts_once_whatever_its_run_id():
