@@ -86,10 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", default="results/perf.json", help="pytest-benchmark JSON [results/perf.json]")
     pf.add_argument("--output", default="results/perf.md", help="markdown to write [results/perf.md]")
 
-    c = sub.add_parser("check", help="compare stored results with a reference file (exit 0 ok, 1 regressed, 2 usage)")
+    c = sub.add_parser("check", help="compare stored results with a reference (exit 0 ok, 1 changed, 2 usage or "
+                                     "another protocol)")
     c.add_argument("--store", default="runs")
-    c.add_argument("--reference", required=True)
+    c.add_argument("--reference", required=True, help="the reference JSON (results/reference/ci.json)")
+    c.add_argument("--methods", default=None, help="check only these methods of the reference (comma-separated)")
     c.add_argument("--update", action="store_true", help="write the reference from the stored results")
+    c.add_argument("--spread", action="append", default=[], metavar="STORE",
+                   help="with --update: the same protocol run on another platform (repeatable); sets the tolerances")
+    c.add_argument("--power", action="store_true", help="measure the smallest drop each row's check detects")
+    c.add_argument("--output", default=None, help="with --power: write the markdown report here")
     return p
 
 
@@ -193,16 +199,27 @@ def _cmd_check(args, argv) -> int:
 
     rows = _store_rows(args.store)
     if args.update:
-        n = check.write_reference(rows, args.reference, command_line(argv))
-        print(f"wrote {n} reference rows to {args.reference}")
+        meta = {m for m in registry.names() if registry.load(m).SPEC.meta_learned}
+        ref = check.make_reference(rows, [_store_rows(s) for s in args.spread], command_line(argv), meta)
+        check.write_reference(ref, args.reference)
+        print(f"wrote {len(ref['accs'])} reference rows to {args.reference}")
         return 0
-    verdicts = check.check(rows, check.read_reference(args.reference))
+    methods = set(args.methods.split(",")) if args.methods else None
+    reference = check.read_reference(args.reference)
+    if args.power:
+        text = check.power_report(rows, reference, command_line(argv), methods)
+        if args.output:
+            Path(args.output).write_text(text)
+        print(text, end="")
+        return 0
+    mode, verdicts = check.check(rows, reference, methods)
+    print("comparing " + ("per seed, exactly (the reference's platform)" if mode == "exact"
+                          else "by a paired test (another platform than the reference's)"))
     for v in verdicts:
         print(("ok    " if v.status == "ok" else "FAIL  ") + v.message)
-    code = check.exit_code(verdicts)
     bad = sum(v.status != "ok" for v in verdicts)
-    print(f"{len(verdicts) - bad} passed, {bad} failed" if bad else f"all {len(verdicts)} rows within tolerance")
-    return code
+    print(f"{len(verdicts) - bad} passed, {bad} failed" if bad else f"all {len(verdicts)} rows pass")
+    return check.exit_code(verdicts)
 
 
 def main(argv: list[str] | None = None) -> int:

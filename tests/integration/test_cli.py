@@ -42,7 +42,7 @@ def test_rerun_skips_stored_cells(store, capsys):
     before = (store / "results.jsonl").read_bytes()
     assert main(["run", "--methods", "naive,oracle", *FAST, "--out", str(store)]) == 0
     assert (store / "results.jsonl").read_bytes() == before
-    assert "4 already in" in capsys.readouterr().err
+    assert "4 current in" in capsys.readouterr().err
 
 
 def test_check_passes_then_catches_a_degraded_method(store, tmp_path, capsys):
@@ -82,6 +82,17 @@ def test_same_seed_gives_identical_rows(store, tmp_path):
     (["--methods", "naive", "--device", "cuda:99"], "cuda:99"),  # no GPU, or fewer than 100
     (["--methods", "naive", "--executor", "ray", "--address", "10.0.0.1:6379", "--device", "cuda:1"],
      "use --device cuda (Ray gives each job one GPU"),  # a cluster's GPUs: only the name is checked here
+    (["--methods", "naive", "--val-seeds", "0"], "--val-seeds 0: expected a whole number >= 1"),
+    (["--methods", "naive", "--val-seeds", "-1"], "--val-seeds -1: expected a whole number >= 1"),
+    (["--methods", "naive", "--threads", "0"], "--threads 0: expected a whole number >= 1"),
+    (["--methods", "naive", "--threads", "-1"], "--threads -1: expected a whole number >= 1"),
+    (["--methods", "naive", "--matrix-max", "-1"], "--matrix-max -1: expected a whole number >= 0"),
+    (["--methods", "naive", "--set", "naive.lr=-1"], "naive.lr=-1.0: must be > 0"),
+    (["--methods", "naive", "--set", "naive.lr=nan"], "naive.lr=nan: must be a finite number"),
+    (["--methods", "naive", "--set", "naive.width=0"], "naive.width=0: must be >= 1"),
+    (["--methods", "naive", "--set", "naive.optimizer=adamw"], "naive.optimizer='adamw': use one of sgd, adam"),
+    (["--methods", "ewc", "--set", "ewc.decay_factor=2"], "ewc.decay_factor=2.0: must be >= 0 and <= 1"),
+    (["--methods", "anml", "--set", "anml.inner_images=21"], "anml.inner_images=21: must be >= 1 and <= 20"),
 ])
 def test_bad_input_is_one_line_and_touches_nothing(store, argv, message, capsys):
     before = (store / "results.jsonl").read_bytes()
@@ -104,3 +115,31 @@ def test_corrupt_png_fails_cleanly(store, copy_of_omniglot, tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert code == 2 and str(victim) in err and len(err.splitlines()) == 1
     assert (store / "results.jsonl").read_bytes() == before
+
+
+def test_ray_executor_without_ray_is_one_line(store, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the 'ray' extra
+    before = (store / "results.jsonl").read_bytes()
+    assert main(["run", "--methods", "naive", *FAST, "--executor", "ray", "--out", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--executor ray needs Ray, which is not installed" in err and len(err.splitlines()) == 1
+    assert (store / "results.jsonl").read_bytes() == before
+
+
+def test_damaged_store_line_is_one_line_and_blocks_run_and_leaderboard(store, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store, damaged)
+    lines = (damaged / "results.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = lines[2][: len(lines[2]) // 2] + "\n"  # a hand edit cut a line in the middle of the file
+    text = "".join(lines)
+    (damaged / "results.jsonl").write_text(text)
+    for argv in (["run", "--methods", "naive", *FAST, "--seeds", "0-3", "--out", str(damaged)],
+                 ["leaderboard", "--store", str(damaged)], ["check", "--store", str(damaged), "--reference", "x"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{damaged / 'results.jsonl'} line 3 is damaged" in err and len(err.splitlines()) == 1
+        assert (damaged / "results.jsonl").read_text() == text
