@@ -19,7 +19,8 @@ The reference (``clbench check --update``, never typed) records
   ``Z * sqrt(shift**2 + sd**2 / k)``, where ``sd`` is the standard deviation of the measured per-seed
   differences, ``k`` the number of seeds, and ``shift`` the measured mean difference of a meta-learner
   whose checkpoint was re-made on the other platform (a checkpoint moves all its trajectories together;
-  more seeds do not average that away). Z is two-sided with a Bonferroni correction: the chance that an
+  more seeds do not average that away; a store that used the reference's own checkpoint is allowed no
+  shift). Z is two-sided with a Bonferroni correction: the chance that an
   unchanged method fails any row is at most ``FAMILY_ALPHA``.
 
 ``power`` measures what the gate detects: it removes correct predictions from a store's rows (a drop of
@@ -143,6 +144,7 @@ def _z(n_rows: int) -> float:
 
 
 def tolerance(spread: dict, k: int, z: float) -> float:
+    """The paired test's bound on the mean per-seed difference (see the module docstring)."""
     return z * math.sqrt(spread["shift"] ** 2 + spread["sd"] ** 2 / k)
 
 
@@ -184,7 +186,11 @@ def check(rows: list[Row], reference: dict, methods: set[str] | None = None) -> 
                                f"{name}: diverged trajectories {'as' if same else 'unlike'} the reference's"))
             continue
         shift = sum(d) / k
-        tol = tolerance(reference["spread"][key], k, z)
+        spread = reference["spread"][key]
+        method = key.split("/")[0]
+        if cur["checkpoints"].get(method) == reference["checkpoints"].get(method):
+            spread = {**spread, "shift": 0.0}  # the reference's own checkpoint: no common shift to allow for
+        tol = tolerance(spread, k, z)
         beyond = abs(shift) > tol
         stat = f"paired difference {shift:+.4f} over {k} seeds, cross-platform tolerance ±{tol:.4f}"
         if exact:
@@ -235,8 +241,10 @@ def read_reference(path: str | Path) -> dict:
     return ref
 
 
-def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta_learned: set[str]) -> dict:
-    """The reference from a store's rows; ``spreads``: the same protocol's rows from other platforms."""
+def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta_learned: set[str],
+                   made_by: dict[str, list[str]] | None = None) -> dict:
+    """The reference from a store's rows; ``spreads``: the same protocol's rows from other platforms;
+    ``made_by``: the run commands that wrote each store, recorded beside the figures."""
     base = describe(rows)
     if not spreads:
         raise CheckUsageError("--update needs --spread STORE: the same protocol run on another platform (e.g. "
@@ -264,6 +272,7 @@ def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta
     return {
         "format": FORMAT,
         "generated_by": command,
+        "stores_made_by": made_by or {},
         "note": "Generated; do not edit. See clbench/check.py for how each field is used.",
         "family_alpha": FAMILY_ALPHA,
         "z": round(z, 4),

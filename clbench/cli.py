@@ -200,7 +200,10 @@ def _cmd_check(args, argv) -> int:
     rows = _store_rows(args.store)
     if args.update:
         meta = {m for m in registry.names() if registry.load(m).SPEC.meta_learned}
-        ref = check.make_reference(rows, [_store_rows(s) for s in args.spread], command_line(argv), meta)
+        from clbench.results import Store
+
+        made_by = {s: [r["command"] for r in Store(s, RUNS).records()] for s in [args.store, *args.spread]}
+        ref = check.make_reference(rows, [_store_rows(s) for s in args.spread], command_line(argv), meta, made_by)
         check.write_reference(ref, args.reference)
         print(f"wrote {len(ref['accs'])} reference rows to {args.reference}")
         return 0

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clbench import provenance
+
 FORMAT = 4  # bump when the checkpoint layout or the meta-training maths or rounding changes (4: batch-1 convs)
 IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
 CHUNK_FLOATS = 5_000_000  # activation floats per meta-loss chunk (20 MB: within the development CPU's L3)
@@ -435,7 +437,8 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
 
     def snapshot() -> dict:
         return {**meta, "meta_loss": losses, "seconds": seconds0 + time.monotonic() - t0,
-                "clbench_version": _clbench_version(), "torch_version": torch.__version__, "device": device,
+                "clbench_version": _clbench_version(), "source": provenance.source(),
+                "torch_version": torch.__version__, "device": device,
                 "threads": torch.get_num_threads()}
 
     step = done

@@ -26,7 +26,8 @@ class Config:
     n_outputs: Count = 1000  # a fixed head, as ANML's: argmax over all of it, and every length shares one run
 
 
-SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": LR_GRID}, nested=True)
+# The baselines' grid plus 0.3: replay chose 0.1, the grid's top, at every length from 50 on.
+SPEC = MethodSpec(name="replay", config=Config, tuned={"lr": (0.3, *LR_GRID)}, nested=True)
 
 
 def build(cfg: Config, ctx: BuildContext):

@@ -45,16 +45,28 @@ def test_rerun_skips_stored_cells(store, capsys):
     assert "4 current in" in capsys.readouterr().err
 
 
-def test_check_passes_then_catches_a_degraded_method(store, tmp_path, capsys):
-    ref = tmp_path / "ref.csv"
-    assert main(["check", "--store", str(store), "--reference", str(ref), "--update"]) == 0
+def test_check_update_passes_then_catches_a_drop_and_a_protocol_change(store, tmp_path, capsys):
+    from clbench.check import inject_drop
+
+    other = tmp_path / "two-threads"  # the same protocol on another platform: the measured spread
+    assert main(["run", "--methods", "naive,oracle", *FAST, "--threads", "2", "--out", str(other)]) == 0
+    ref = tmp_path / "ref.json"
+    assert main(["check", "--store", str(store), "--reference", str(ref), "--update"]) == 2  # no spread given
+    assert main(["check", "--store", str(store), "--reference", str(ref), "--update", "--spread", str(other)]) == 0
     assert main(["check", "--store", str(store), "--reference", str(ref)]) == 0
-    degraded = tmp_path / "degraded"
-    assert main(["run", "--methods", "naive,oracle", *FAST, "--set", "oracle.lr=0", "--out", str(degraded)]) == 0
+    assert main(["check", "--store", str(other), "--reference", str(ref), "--methods", "naive"]) == 0
     capsys.readouterr()
-    assert main(["check", "--store", str(degraded), "--reference", str(ref)]) == 1
+    dropped = tmp_path / "dropped"
+    Store(dropped).append(inject_drop(Store(store).rows(), "oracle/10/test", 0.03))
+    assert main(["check", "--store", str(dropped), "--reference", str(ref)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  oracle [default] n=10 test" in out and "regressed" in out
+    assert "FAIL  oracle [default] n=10 test: 2 of 2 seeds differ" in out and "ok    naive [default] n=10 test" in out
+    changed = tmp_path / "changed"
+    assert main(["run", "--methods", "naive,oracle", *FAST, "--set", "oracle.lr=0.002", "--out", str(changed)]) == 0
+    capsys.readouterr()
+    assert main(["check", "--store", str(changed), "--reference", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "protocol differs from the reference's: oracle: config hash" in err and len(err.splitlines()) == 1
 
 
 def test_same_seed_gives_identical_rows(store, tmp_path):

@@ -34,12 +34,14 @@ def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monke
 
     # A two-value grid keeps the test short; the mechanism is the one every method uses.
     monkeypatch.setattr(methods.naive, "SPEC", methods.naive.SPEC.__class__(
-        name="naive", config=methods.naive.Config, tuned={"lr": (0.0, 0.001)}))
+        name="naive", config=methods.naive.Config, tuned={"lr": (1e-9, 0.001)}))
     assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "0",
                  "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     (rec,) = [json.loads(line) for line in (tmp_path / "selection.jsonl").read_text().splitlines()]
     assert rec["val_seeds"] == [10000, 10001] and rec["scored_on"] == "train"
-    assert rec["grid"] == [{"lr": 0.0}, {"lr": 0.001}] and len(rec["scores"]) == 2
+    assert rec["grid"] == [{"lr": 1e-9}, {"lr": 0.001}] and len(rec["scores"]) == 2
+    end = "largest" if rec["winner"]["lr"] == 0.001 else "smallest"  # a two-value grid: always an end
+    assert rec["at_edge"] == [f"lr={rec['winner']['lr']}, the {end} value"]
     assert rec["winner"] == rec["grid"][max(range(2), key=lambda i: rec["mean_train_acc"][i])]
     rows = Store(tmp_path).rows()
     assert all(r.selected == rec["winner"] and r.config["lr"] == rec["winner"]["lr"] for r in rows)
@@ -115,3 +117,77 @@ def test_one_nested_pass_equals_separate_runs(data_root, method):
         assert (together[n].acc, together[n].matrix, together[n].stream_hash) == \
                (alone.acc, alone.matrix, alone.stream_hash)
         assert len(alone.matrix) == n
+
+
+def test_algorithm_version_bump_reruns_exactly_that_methods_cells(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import methods.naive
+
+    argv = ["run", "--methods", "naive,replay", "--no-reference", *QUICK, "--seeds", "0,1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    before = {(r.method, r.seed, r.split): r for r in Store(tmp_path).rows()}
+    monkeypatch.setattr(methods.naive, "SPEC", dataclasses.replace(methods.naive.SPEC, version=2))
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "4 cells, 2 current" in err and "2 stale: naive changed: algorithm" in err
+    after = {(r.method, r.seed, r.split): r for r in Store(tmp_path).rows()}
+    assert len(after) == len(Store(tmp_path).rows()) == 8  # the stale rows were replaced, not kept beside
+    assert all(after[k] == before[k] for k in after if k[0] == "replay")
+    assert all(after[k].identity["algorithm"] == 2 and after[k].run != before[k].run for k in after if k[0] == "naive")
+    assert main(argv) == 0 and "0 to run" in capsys.readouterr().err
+
+
+def test_changed_checkpoint_reruns_exactly_the_meta_learners_cells(tmp_path, monkeypatch, capsys, data_root):
+    """A meta-learner's rows name their checkpoint; a different checkpoint in the cache makes them stale."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from clbench.data import default_cache_dir
+    from clbench.metatrain import weights_hash
+
+    argv = ["run", "--profile", "ci", "--methods", "anml,naive", "--no-reference", *QUICK, "--seeds", "0,1",
+            "--out", str(tmp_path / "store")]
+    assert main([*argv[:-1], str(tmp_path / "warm")]) == 0  # makes (or finds) the ci checkpoint in the shared cache
+    cache = tmp_path / "cache"  # a private cache whose checkpoint this test may change
+    cache.mkdir()
+    shared = default_cache_dir()
+    for f in shared.glob("omniglot-*"):
+        (cache / f.name).symlink_to(f)
+    (ckpt,) = [d for d in (shared / "checkpoints").glob("anml-*") if (d / "model.json").exists()
+               and json.loads((d / "model.json").read_text())["key"]["profile"] == "ci"]
+    shutil.copytree(ckpt, cache / "checkpoints" / ckpt.name)
+    monkeypatch.setenv("CLBENCH_CACHE", str(cache))
+    assert main(argv) == 0
+    before = {(r.method, r.seed, r.split): r for r in Store(tmp_path / "store").rows()}
+    mine = cache / "checkpoints" / ckpt.name
+    state = load_file(str(mine / "model.safetensors"))
+    name = "gate.weight"  # the neuromodulatory gate: changes every meta-test prediction
+    state[name] = state[name] * 0.5  # another checkpoint under the same recipe (e.g. made on another platform)
+    save_file(state, str(mine / "model.safetensors"))
+    meta = json.loads((mine / "model.json").read_text())
+    old, meta["checkpoint_hash"] = meta["checkpoint_hash"], weights_hash(state)
+    (mine / "model.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"2 stale: anml checkpoint {old} replaced by {meta['checkpoint_hash']}" in err and "2 to run" in err
+    after = {(r.method, r.seed, r.split): r for r in Store(tmp_path / "store").rows()}
+    assert len(Store(tmp_path / "store").rows()) == 8
+    assert all(after[k] == before[k] for k in after if k[0] == "naive")
+    assert all(after[k].checkpoint_hash == meta["checkpoint_hash"] for k in after if k[0] == "anml")
+
+
+def test_two_concurrent_runs_store_every_cell_once(tmp_path):
+    out = tmp_path / "shared-store"
+    argv = [sys.executable, "-m", "clbench.cli", "run", "--methods", "naive,replay", *QUICK, "--seeds", "0-2",
+            "--out", str(out)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    rows = Store(out).rows()
+    cells = [(r.method, r.n_classes, r.seed, r.split) for r in rows]
+    assert len(cells) == len(set(cells)) == 3 * 3 * 2  # naive, replay and the oracle: each cell once
+    assert not json.loads((out / "claims.json").read_text())  # both released their claims

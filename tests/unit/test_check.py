@@ -105,6 +105,10 @@ def test_meta_learner_checkpoint_shift_widens_the_tolerance():
                                "test", {"anml"})
     assert same_ckpt["spread"]["anml/10/test"]["shift"] == 0.0
     assert check(rows(BASE, method="anml", checkpoint="c"), ref)[1][0].status == "changed"  # own platform
+    # Elsewhere, with its own checkpoint, a store may move by the measured shift; with the reference's, not.
+    shifted = [a + 0.02 for a in OTHER]
+    assert exit_code(check(rows(shifted, THERE, method="anml", checkpoint="c"), ref)[1]) == 0
+    assert check(rows(shifted, THERE, method="anml", checkpoint="a"), ref)[1][0].status == "rose"
 
 
 def test_update_needs_another_platform():
