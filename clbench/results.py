@@ -99,13 +99,16 @@ class Store:
         return FileLock(str(self.path) + ".lock", timeout=600)
 
     def append(self, rows: list[Row], supersede: bool = False) -> None:
-        """Append ``rows``; with ``supersede``, first drop the stored rows of the same requests (stale ones)."""
+        """Append ``rows``; with ``supersede``, first drop the stored rows of the same requests (stale ones,
+        and rows of the same cells from before requests existed)."""
         records = [json.loads(r.to_json()) for r in rows]
         if not supersede:
             return self.append_json(records)
         requests = {r.request for r in rows}
+        cells = {(r.method, r.config_hash, r.n_classes, r.seed) for r in rows}
         with self._lock():
-            kept = [rec for rec in self.records() if rec.get("request") not in requests]
+            kept = [rec for rec in self.records() if rec.get("request") not in requests and not (
+                not rec.get("request") and (rec["method"], rec["config_hash"], rec["n_classes"], rec["seed"]) in cells)]
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w") as f:
                 f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept + records))

@@ -137,6 +137,8 @@ def plan(rc: RunConfig) -> list[Cell]:
 def stale_reason(cell: Cell, rows: list[Row], checkpoint: str | None) -> str | None:
     """Why the stored ``rows`` of ``cell``'s request no longer stand for it (None: they do)."""
     for r in rows:
+        if not r.identity:
+            return "written before cell identities (schema 1)"
         if r.run_id != cell.run_id:
             changed = sorted(k for k in set(cell.identity) | set(r.identity)
                              if cell.identity.get(k) != r.identity.get(k))
@@ -165,8 +167,11 @@ def classify(rc: RunConfig, cells: list[Cell], store: Store) -> tuple[list[Cell]
     """The cells to run, the stale ones among them grouped by reason, and the runs whose rows of each
     cell's request are stored now (what a claim compares against)."""
     stored: dict[str, list[Row]] = {}
+    by_cell = {(c.method, c.config_hash, c.n_classes, c.seed): c.request for c in cells}
     for r in store.rows():
-        stored.setdefault(r.request, []).append(r)
+        # A row from before cell identities (schema 1) stands for its cell's request, and is stale.
+        request = r.request or by_cell.get((r.method, r.config_hash, r.n_classes, r.seed), "")
+        stored.setdefault(request, []).append(r)
     checkpoints = _checkpoints(rc, dict.fromkeys(c.method for c in cells))
     todo, stale = [], {}
     for c in cells:
