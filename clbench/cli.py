@@ -137,8 +137,15 @@ def _cmd_run(args, argv) -> int:
     rc = _run_config(args)
     cells = runner.plan(rc)  # validates names, lengths, seeds, settings before any work
     if args.dry_run:
+        from clbench.results import Store
+
+        store = Store(rc.out)
+        todo, stale, _ = runner.classify(rc, cells, store) if store.path.exists() else (cells, {}, {})
+        status = {c.request: "to run" for c in todo}
+        status.update({c.request: f"stale: {reason}" for reason, cs in stale.items() for c in cs})
         for c in cells:
-            print(f"{c.method}\tn={c.n_classes}\tseed={c.seed}\tconfig={c.config_hash}\trun_id={c.run_id}")
+            print(f"{c.method}\tn={c.n_classes}\tseed={c.seed}\tconfig={c.config_hash}\trun_id={c.run_id}\t"
+                  + status.get(c.request, "stored"))
         return 0
     # Decode (or find in the cache) Omniglot now, so a data problem fails before the first cell, and pass
     # the resolved folder on: Ray workers need not share this shell's environment.

@@ -129,6 +129,10 @@ def test_algorithm_version_bump_reruns_exactly_that_methods_cells(tmp_path, monk
     before = {(r.method, r.seed, r.split): r for r in Store(tmp_path).rows()}
     monkeypatch.setattr(methods.naive, "SPEC", dataclasses.replace(methods.naive.SPEC, version=2))
     capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    plan = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert sorted((p[0], p[-1]) for p in plan) == [("naive", "stale: naive changed: algorithm")] * 2 + \
+        [("replay", "stored")] * 2
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "4 cells, 2 current" in err and "2 stale: naive changed: algorithm" in err
