@@ -21,7 +21,6 @@ import secrets
 import shlex
 import subprocess
 import time
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -70,9 +69,9 @@ def checkout_state(root: Path) -> dict[str, Any]:
     return {"commit": sha or None, "dirty": dirty, "diff_hash": digest}
 
 
-@lru_cache(maxsize=1)
 def source() -> dict[str, Any]:
-    """``{"origin": "checkout" | "wheel" | "unknown", "commit", "dirty", "diff_hash"}`` for this clbench."""
+    """``{"origin": "checkout" | "wheel" | "unknown", "commit", "dirty", "diff_hash"}`` for this clbench,
+    asked afresh each time (a long-lived process may outlive a commit)."""
     root = PACKAGE.parent
     if _own_checkout(root):
         return {"origin": "checkout", **checkout_state(root)}
