@@ -226,9 +226,13 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
     cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
     chash = config_hash(method, rc.profile, cfg)
     val_seeds = [VALIDATION_SEED_BASE + i for i in range(rc.val_seeds)]
+    # Scores stand for the code and checkpoint that made them: another algorithm version, recipe or
+    # checkpoint (None: not made yet, so nothing stored can match) scores anew.
+    ident = {"method": method, "config": chash, "algorithm": module.SPEC.version,
+             "checkpoint": _checkpoints(rc, [method]).get(method)}
 
     def key(g: dict, seed: int, n: int) -> str:
-        return _hash({"method": method, "config": chash, "values": g, "seed": seed, "n": n})
+        return _hash({**ident, "values": g, "seed": seed, "n": n})
 
     validation = Store(store_dir, "validation.jsonl")
     scores = {rec["key"]: rec["train_acc"] for rec in validation.records()}
@@ -241,6 +245,7 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
                 where.append(gi)
     for i, outcomes in execute(jobs, rc.executor, rc.address):
         g, seed = grid[where[i]], jobs[i].seed
+        ident["checkpoint"] = outcomes[0].checkpoint_hash  # the one this run uses (maybe just made)
         recs = [{"key": key(g, seed, o.n_classes), "method": method, "config_hash": chash, "values": g,
                  "seed": seed, "n_classes": o.n_classes, "status": o.status,
                  "train_acc": o.acc["train"] if o.status == "ok" else -math.inf} for o in outcomes]
@@ -260,7 +265,8 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
                      "lie beyond it")
         records.append({"method": method, "config_hash": chash, "n_classes": n, "profile": rc.profile, "grid": grid,
                         "val_seeds": val_seeds, "scores": table, "mean_train_acc": means, "winner": grid[best],
-                        "at_edge": edges, "scored_on": "train"})
+                        "at_edge": edges, "scored_on": "train", "algorithm": ident["algorithm"],
+                        "checkpoint_hash": ident["checkpoint"]})
     if jobs:
         Store(store_dir, "selection.jsonl").append_json(records)
     return chosen

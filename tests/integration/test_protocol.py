@@ -30,6 +30,8 @@ def test_reference_rows_are_added(capsys):
 
 
 def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monkeypatch):
+    import dataclasses
+
     import methods.naive
 
     # A two-value grid keeps the test short; the mechanism is the one every method uses.
@@ -50,6 +52,12 @@ def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monke
     assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "1",
                  "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "selection.jsonl").read_text() == before
+    # Scores made by another algorithm version are not reused: a bumped method selects anew.
+    scored = len((tmp_path / "validation.jsonl").read_text().splitlines())
+    monkeypatch.setattr(methods.naive, "SPEC", dataclasses.replace(methods.naive.SPEC, version=2))
+    assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "1",
+                 "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "validation.jsonl").read_text().splitlines()) == 2 * scored
 
 
 def test_killed_run_resumes_to_the_same_rows(tmp_path, data_root):
