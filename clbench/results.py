@@ -102,37 +102,48 @@ class Store:
         """Append ``rows``; with ``supersede``, first drop the stored rows of the same requests (stale ones,
         and rows of the same cells from before requests existed)."""
         records = [json.loads(r.to_json()) for r in rows]
-        if not supersede:
-            return self.append_json(records)
         requests = {r.request for r in rows}
         cells = {(r.method, r.config_hash, r.n_classes, r.seed) for r in rows}
+
+        def replaced(rec: dict[str, Any]) -> bool:
+            if rec.get("request"):
+                return rec["request"] in requests
+            return (rec["method"], rec["config_hash"], rec["n_classes"], rec["seed"]) in cells
+
         with self._lock():
-            kept = [rec for rec in self.records() if rec.get("request") not in requests and not (
-                not rec.get("request") and (rec["method"], rec["config_hash"], rec["n_classes"], rec["seed"]) in cells)]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept + records))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            if supersede:
+                current = self.records()
+                kept = [rec for rec in current if not replaced(rec)]
+                if len(kept) < len(current):  # rewrite the file without the replaced rows, atomically
+                    tmp = self.path.with_name(self.path.name + ".tmp")
+                    with open(tmp, "w") as f:
+                        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept + records))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, self.path)
+                    return
+            self._append_locked(records)
 
     def append_json(self, records: list[dict[str, Any]]) -> None:
         """Append records as JSON lines in one write, under the lock (also for selection records)."""
+        with self._lock():
+            self._append_locked(records)
+
+    def _append_locked(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
         data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-        with self._lock():
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    # A previous writer died mid-line: drop the torn tail before appending.
-                    tail_start = self.path.read_bytes().rfind(b"\n") + 1
-                    os.ftruncate(fd, tail_start)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A previous writer died mid-line: drop the torn tail before appending.
+                tail_start = self.path.read_bytes().rfind(b"\n") + 1
+                os.ftruncate(fd, tail_start)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete line as a dict (none when the file does not exist yet)."""
