@@ -106,7 +106,7 @@ def _provenance_lines(rows: Sequence[Row], runs: Sequence[dict]) -> tuple[list[s
         src = provenance.short(rec["source"])
         lines.append(f"- `{rec['command']}`: run {rec['run']}, started {rec['started']}, clbench "
                      f"{rec['clbench_version']} at git {src} ({rec['source']['origin']}), torch "
-                     f"{rec['torch_version']}, {rec['device']}, {rec['threads']} threads, {rec['cpu']}")
+                     f"{rec['torch_version']}, {rec['device']}, threads: {rec['threads']}, {rec['cpu']}")
     return warnings, lines
 
 
