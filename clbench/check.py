@@ -252,14 +252,18 @@ def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta
     spread: dict[str, dict[str, Any]] = {}
     platforms = []
     for other_rows in spreads:
-        other = describe(other_rows, set(base["protocol"]["methods"]))
-        if diffs := protocol_differences(other["protocol"], base["protocol"]):
+        # A spread store may hold some of the methods (e.g. more checkpoint draws for the meta-learners).
+        present = {r.method for r in other_rows} & set(base["protocol"]["methods"])
+        other = describe(other_rows, present)
+        if diffs := protocol_differences(other["protocol"], _restrict(base["protocol"], present)):
             raise CheckUsageError("a --spread store's protocol differs from the store's: " + "; ".join(diffs))
         if other["platform"] == base["platform"]:
             raise CheckUsageError(f"a --spread store ran on the store's own platform {base['platform']}: its bits "
                                   "are the same; re-run it with another --threads or device")
         platforms.append(other["platform"])
         for key, ref in base["accs"].items():
+            if key not in other["accs"]:
+                continue
             d = _diffs(other["accs"][key], ref) or [0.0] * len(ref)
             method = key.split("/")[0]
             moved = other["checkpoints"].get(method) != base["checkpoints"].get(method)
@@ -268,6 +272,8 @@ def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta
             shift = abs(sum(d) / len(d)) if method in meta_learned and moved else 0.0
             prev = spread.get(key, {"sd": 0.0, "shift": 0.0})
             spread[key] = {"sd": round(max(prev["sd"], sd), 6), "shift": round(max(prev["shift"], shift), 6)}
+    if uncovered := sorted(set(base["accs"]) - set(spread)):
+        raise CheckUsageError(f"no --spread store covers {', '.join(uncovered)}; the spread is measured, never assumed")
     z = _z(len(base["accs"]))
     return {
         "format": FORMAT,

@@ -111,6 +111,17 @@ def test_meta_learner_checkpoint_shift_widens_the_tolerance():
     assert check(rows(shifted, THERE, method="anml", checkpoint="a"), ref)[1][0].status == "rose"
 
 
+def test_a_partial_spread_store_adds_draws_for_its_methods():
+    base = rows(BASE) + rows(BASE, method="anml", checkpoint="a")
+    full = rows(OTHER, THERE) + rows(OTHER, THERE, method="anml", checkpoint="b")
+    extra = rows([a + 0.04 for a in BASE], {**HERE, "threads": 3}, method="anml", checkpoint="c")
+    ref = make_reference(base, [full, extra], "test", {"anml"})
+    assert ref["spread"]["anml/10/test"]["shift"] == pytest.approx(0.04, abs=1e-6)  # the larger draw
+    assert ref["spread"]["ewc/10/test"] == make_reference(base, [full], "test", {"anml"})["spread"]["ewc/10/test"]
+    with pytest.raises(CheckUsageError, match="no --spread store covers ewc/10/test"):
+        make_reference(base, [extra], "test", {"anml"})
+
+
 def test_update_needs_another_platform():
     with pytest.raises(CheckUsageError, match="--update needs --spread"):
         make_reference(rows(BASE), [], "test", set())
