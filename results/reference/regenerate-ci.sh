@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
 # Regenerates results/reference/ci.json (the CI gate's reference) and ci-power.md (what the gate detects).
-# The reference platform is this machine at one thread; the spread store re-runs the same protocol at two
-# threads with its own cache (so the meta-learners' checkpoints are re-made there too), which measures how
-# far a run on another platform may move. Scratch stores go to runs/ (git-ignored).
+# The reference platform is this machine at one thread. The spread stores re-run the protocol on other
+# platforms (other thread counts), each with a cache of its own, so the meta-learners' checkpoints are
+# re-made there: two threads for every method, three and four threads for two more checkpoint draws of
+# ANML and OML. Scratch stores go to runs/ (git-ignored); the CPU is shared, never the bits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rm -rf runs/ci runs/ci-t2 runs/cache-t2
 gate() {  # the gate's protocol; tests/integration/test_gate.py runs the same commands
-    uv run clbench run --profile ci --methods ewc,replay,anml,oml --no-select --lengths 10 --seeds 0-39 "$@"
-    uv run clbench run --profile ci --methods ewc,replay,anml,oml --no-select --lengths 50 --seeds 0-2 "$@"
+    local methods=$1
+    shift
+    uv run clbench run --profile ci --methods "$methods" --no-select --lengths 10 --seeds 0-39 "$@"
+    uv run clbench run --profile ci --methods "$methods" --no-select --lengths 50 --seeds 0-2 "$@"
 }
-gate --threads 1 --out runs/ci
-CLBENCH_CACHE="$PWD/runs/cache-t2" gate --threads 2 --out runs/ci-t2
-uv run clbench check --store runs/ci --reference results/reference/ci.json --update --spread runs/ci-t2
+own_cache() {  # a fresh cache that shares only the decoded images (CLBENCH_CACHE's, when set)
+    rm -rf "$1" && mkdir -p "$1"
+    if [ -n "${CLBENCH_CACHE:-}" ]; then ln -s "$CLBENCH_CACHE"/omniglot-* "$1"/ 2>/dev/null || true; fi
+}
+rm -rf runs/ci runs/ci-t2 runs/ci-t3 runs/ci-t4
+gate ewc,replay,anml,oml --threads 1 --out runs/ci
+own_cache runs/cache-t2 && CLBENCH_CACHE="$PWD/runs/cache-t2" gate ewc,replay,anml,oml --threads 2 --out runs/ci-t2
+for t in 3 4; do
+    own_cache "runs/cache-t$t"
+    CLBENCH_CACHE="$PWD/runs/cache-t$t" gate anml,oml --no-reference --threads "$t" --out "runs/ci-t$t"
+done
+uv run clbench check --store runs/ci --reference results/reference/ci.json --update \
+    --spread runs/ci-t2 --spread runs/ci-t3 --spread runs/ci-t4
 uv run clbench check --store runs/ci --reference results/reference/ci.json
 uv run clbench check --store runs/ci-t2 --reference results/reference/ci.json --power \
     --output results/reference/ci-power.md
