@@ -19,9 +19,10 @@ The reference (``clbench check --update``, never typed) records
   ``Z * sqrt(shift**2 + sd**2 / k)``, where ``sd`` is the standard deviation of the measured per-seed
   differences, ``k`` the number of seeds, and ``shift`` the measured mean difference of a meta-learner
   whose checkpoint was re-made on the other platform (a checkpoint moves all its trajectories together;
-  more seeds do not average that away; a store that used the reference's own checkpoint is allowed no
-  shift). Z is two-sided with a Bonferroni correction: the chance that an
-  unchanged method fails any row is at most ``FAMILY_ALPHA``.
+  more seeds do not average that away). A store that used the reference's own checkpoint is allowed no
+  shift, and its per-seed spread is the one measured with that checkpoint on another platform
+  (``sd_same_checkpoint``), where a spread store shared it. Z is two-sided with a Bonferroni correction:
+  the chance that an unchanged method fails any row is at most ``FAMILY_ALPHA``.
 
 ``power`` measures what the gate detects: it removes correct predictions from a store's rows (a drop of
 exactly ``delta`` in the mean accuracy of a row) and finds the smallest drop each row fails on.
@@ -189,7 +190,8 @@ def check(rows: list[Row], reference: dict, methods: set[str] | None = None) -> 
         spread = reference["spread"][key]
         method = key.split("/")[0]
         if cur["checkpoints"].get(method) == reference["checkpoints"].get(method):
-            spread = {**spread, "shift": 0.0}  # the reference's own checkpoint: no common shift to allow for
+            # The reference's own checkpoint: no common shift, and the per-seed spread measured that way.
+            spread = {"sd": spread.get("sd_same_checkpoint", spread["sd"]), "shift": 0.0}
         tol = tolerance(spread, k, z)
         beyond = abs(shift) > tol
         stat = f"paired difference {shift:+.4f} over {k} seeds, cross-platform tolerance ±{tol:.4f}"
@@ -266,12 +268,20 @@ def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta
                 continue
             d = _diffs(other["accs"][key], ref) or [0.0] * len(ref)
             method = key.split("/")[0]
-            moved = other["checkpoints"].get(method) != base["checkpoints"].get(method)
+            moved = method in meta_learned and other["checkpoints"].get(method) != base["checkpoints"].get(method)
             one_image = 1 / base["n_samples"][key]
-            sd = max(statistics.stdev(d) if len(d) > 1 else 0.0, one_image)
-            shift = abs(sum(d) / len(d)) if method in meta_learned and moved else 0.0
-            prev = spread.get(key, {"sd": 0.0, "shift": 0.0})
-            spread[key] = {"sd": round(max(prev["sd"], sd), 6), "shift": round(max(prev["shift"], shift), 6)}
+            sd = round(max(statistics.stdev(d) if len(d) > 1 else 0.0, one_image), 6)
+            prev = spread.setdefault(key, {"sd": 0.0, "shift": 0.0})
+            if moved:  # another checkpoint: per-seed spread and a common shift
+                prev["sd"] = max(prev["sd"], sd)
+                prev["shift"] = max(prev["shift"], round(abs(sum(d) / len(d)), 6))
+            elif method in meta_learned:  # the reference's checkpoint on another platform
+                prev["sd_same_checkpoint"] = max(prev.get("sd_same_checkpoint", 0.0), sd)
+            else:
+                prev["sd"] = max(prev["sd"], sd)
+    for sp in spread.values():  # a meta-learner measured with its own checkpoint only: no wider case known
+        if sp["sd"] == 0.0 and "sd_same_checkpoint" in sp:
+            sp["sd"] = sp["sd_same_checkpoint"]
     if uncovered := sorted(set(base["accs"]) - set(spread)):
         raise CheckUsageError(f"no --spread store covers {', '.join(uncovered)}; the spread is measured, never assumed")
     z = _z(len(base["accs"]))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates results/reference/ci.json (the CI gate's reference) and ci-power.md (what the gate detects).
 # The reference platform is this machine at one thread. The spread stores re-run the protocol on other
-# platforms (other thread counts), each with a cache of its own, so the meta-learners' checkpoints are
-# re-made there: two threads for every method, three and four threads for two more checkpoint draws of
-# ANML and OML. Scratch stores go to runs/ (git-ignored); the CPU is shared, never the bits.
+# platforms (other thread counts): two threads for every method with a cache of its own (the
+# meta-learners' checkpoints re-made there), three and four threads for two more checkpoint draws of ANML
+# and OML, and two threads for ANML and OML with the reference's own checkpoints (the cache shared).
+# Scratch stores go to runs/ (git-ignored); the CPU is shared, never the bits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 gate() {  # the gate's protocol; tests/integration/test_gate.py runs the same commands
@@ -16,15 +17,18 @@ own_cache() {  # a fresh cache that shares only the decoded images (CLBENCH_CACH
     rm -rf "$1" && mkdir -p "$1"
     if [ -n "${CLBENCH_CACHE:-}" ]; then ln -s "$CLBENCH_CACHE"/omniglot-* "$1"/ 2>/dev/null || true; fi
 }
-rm -rf runs/ci runs/ci-t2 runs/ci-t3 runs/ci-t4
+rm -rf runs/ci runs/ci-t2 runs/ci-t3 runs/ci-t4 runs/ci-t2-shared
 gate ewc,replay,anml,oml --threads 1 --out runs/ci
 own_cache runs/cache-t2 && CLBENCH_CACHE="$PWD/runs/cache-t2" gate ewc,replay,anml,oml --threads 2 --out runs/ci-t2
 for t in 3 4; do
     own_cache "runs/cache-t$t"
     CLBENCH_CACHE="$PWD/runs/cache-t$t" gate anml,oml --no-reference --threads "$t" --out "runs/ci-t$t"
 done
+gate anml,oml --no-reference --threads 2 --out runs/ci-t2-shared
 uv run clbench check --store runs/ci --reference results/reference/ci.json --update \
-    --spread runs/ci-t2 --spread runs/ci-t3 --spread runs/ci-t4
+    --spread runs/ci-t2 --spread runs/ci-t3 --spread runs/ci-t4 --spread runs/ci-t2-shared
 uv run clbench check --store runs/ci --reference results/reference/ci.json
 uv run clbench check --store runs/ci-t2 --reference results/reference/ci.json --power \
     --output results/reference/ci-power.md
+uv run clbench check --store runs/ci-t2-shared --reference results/reference/ci.json --methods anml,oml \
+    --power --output results/reference/ci-power-same-checkpoint.md

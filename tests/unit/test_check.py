@@ -105,10 +105,24 @@ def test_meta_learner_checkpoint_shift_widens_the_tolerance():
                                "test", {"anml"})
     assert same_ckpt["spread"]["anml/10/test"]["shift"] == 0.0
     assert check(rows(BASE, method="anml", checkpoint="c"), ref)[1][0].status == "changed"  # own platform
+    assert "sd_same_checkpoint" not in ref["spread"]["anml/10/test"]
     # Elsewhere, with its own checkpoint, a store may move by the measured shift; with the reference's, not.
     shifted = [a + 0.02 for a in OTHER]
     assert exit_code(check(rows(shifted, THERE, method="anml", checkpoint="c"), ref)[1]) == 0
     assert check(rows(shifted, THERE, method="anml", checkpoint="a"), ref)[1][0].status == "rose"
+
+
+def test_a_spread_store_sharing_the_checkpoint_sets_that_case_apart():
+    base = rows(BASE, method="anml", checkpoint="a")
+    moved = rows(OTHER, THERE, method="anml", checkpoint="b")
+    shared = rows(BASE, {**HERE, "threads": 3}, method="anml", checkpoint="a")  # rounding only: same predictions
+    ref = make_reference(base, [moved, shared], "test", {"anml"})
+    sp = ref["spread"]["anml/10/test"]
+    assert sp["sd"] == pytest.approx(statistics.stdev(NOISE), abs=1e-6) and sp["sd_same_checkpoint"] == 1 / 50
+    # On another platform with the reference's checkpoint, a 3-point drop is far outside one image per seed.
+    drop = rows([a - 0.03 for a in BASE], THERE, method="anml", checkpoint="a")
+    assert check(drop, ref)[1][0].status == "regressed"
+    assert exit_code(check(rows(BASE, THERE, method="anml", checkpoint="a"), ref)[1]) == 0
 
 
 def test_a_partial_spread_store_adds_draws_for_its_methods():
