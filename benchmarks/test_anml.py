@@ -21,9 +21,9 @@ DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
 def _trajectory(benchmark, cache, monkeypatch, n_classes, threads, fast: bool):
     from clbench.config import resolve_method_config
     from clbench.metatrain import ensure_checkpoint
+    from clbench.methods import _fastmeta, anml
     from clbench.registry import BuildContext
     from clbench.trajectory import Job, run_job
-    from methods import _fastmeta, anml
 
     job = Job(method="anml", profile="paper", overrides={"meta_steps": 0, "optimizer": OPTIMIZER, "lr": 1e-3},
               lengths=(n_classes,), seed=0, device=DEVICE, cache_dir=str(cache), threads=threads)

@@ -56,9 +56,9 @@ def _bare_heads(optimizer_name: str, lr: float, batched: bool):
     that drew them (for the benchmark's features and labels) and the head's (inputs, outputs)."""
     import torch
 
-    from methods._common import optimizer
-    from methods._fastmeta import Heads
-    from methods.anml import Config
+    from clbench.methods._common import optimizer
+    from clbench.methods._fastmeta import Heads
+    from clbench.methods.anml import Config
 
     d, c = 9 * Config.pln_channels, Config.n_outputs
     gen = torch.Generator().manual_seed(0)
@@ -73,7 +73,7 @@ def _bare_heads(optimizer_name: str, lr: float, batched: bool):
 def _fast_steps(benchmark, threads, optimizer_name):
     import torch
 
-    from methods.anml import Config
+    from clbench.methods.anml import Config
 
     heads, gen, d, c = _bare_heads(optimizer_name, Config.lr, batched=DEVICE.startswith("cuda"))
     table = torch.rand(659 * 15, d, generator=gen).to(DEVICE)
@@ -119,8 +119,8 @@ def test_anml_meta_test_step_avalanche(benchmark, load, cache, omniglot, threads
 
     from clbench import registry
     from clbench.config import resolve_method_config
+    from clbench.methods import anml
     from clbench.streams import make_trajectory, to_avalanche
-    from methods import anml
 
     n = max(1, math.ceil(STEPS / 15))
     cfg = resolve_method_config(anml, "paper", {**RANDOM_INIT, "optimizer": OPTIMIZER})
@@ -144,8 +144,8 @@ def test_anml_meta_test_protocol(benchmark, load, cache, monkeypatch, threads, n
     nested (one pass per trajectory serves every length). Executor ``local``, so the fast path."""
     from clbench import runner
     from clbench.config import RunConfig
+    from clbench.methods import _fastmeta, anml
     from clbench.streams import PAPER_LENGTHS
-    from methods import _fastmeta, anml
 
     lengths = tuple(n for n in PAPER_LENGTHS if n <= n_classes) or (n_classes,)
     grid = tuple(lr for lr in anml.LR_GRID if lr <= 1e-3)[:GRID]  # ANML ref code's 14 values

@@ -83,9 +83,9 @@ def test_harness_overhead(benchmark, omniglot, load, method, monkeypatch, n_clas
 def test_harness_overhead_avalanche_loop(benchmark, omniglot, load, method, monkeypatch, n_classes, threads):
     """As ``test_harness_overhead`` with methods._lean switched off: Avalanche's per-sample DataLoader
     loop, for the report's before/after."""
-    import methods._lean
+    from clbench.methods import _lean
 
-    monkeypatch.setattr(methods._lean, "LEAN", False)
+    monkeypatch.setattr(_lean, "LEAN", False)
     _overhead(benchmark, omniglot, method, monkeypatch, n_classes, threads, loop="avalanche")
 
 

@@ -24,8 +24,8 @@ def _outer_step(benchmark, method: str, order: str):
 
     from clbench.config import resolve_method_config
     from clbench.metatrain import load_pool, meta_step
-    from methods import anml, oml
-    from methods._metanets import init_kaiming
+    from clbench.methods import anml, oml
+    from clbench.methods._metanets import init_kaiming
 
     module = {"anml": anml, "oml": oml}[method]
     cfg = resolve_method_config(module, "paper", {"first_order": order == "first"})

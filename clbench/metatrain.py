@@ -117,7 +117,7 @@ def sample_task(model, pool, gen, r: Recipe):
     """
     import torch
 
-    from methods._metanets import reset_rows
+    from clbench.methods._metanets import reset_rows
 
     n_classes = pool.shape[0]
     c = int(torch.randint(n_classes, (1,), generator=gen))
@@ -414,8 +414,8 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
     """
     import torch
 
+    from clbench.methods._metanets import init_kaiming
     from clbench.process import keep_freed_memory, use_device
-    from methods._metanets import init_kaiming
 
     keep_freed_memory()
     use_device(device)

@@ -16,14 +16,14 @@ from clbench.errors import UsageError
 
 # name -> (module, one-line summary). The summary lives here too so `clbench ls` needs no imports.
 METHODS: dict[str, tuple[str, str]] = {
-    "naive": ("methods.naive", "fine-tuning, one pass, no protection: the lower bound"),
-    "ewc": ("methods.ewc", "Elastic Weight Consolidation, online mode (Kirkpatrick et al. 2017)"),
-    "replay": ("methods.replay", "experience replay with a reservoir buffer"),
-    "oracle": ("methods.oracle", "i.i.d. training on the whole trajectory, several epochs: the upper bound"),
-    "anml": ("methods.anml", "A Neuromodulated Meta-Learning algorithm (Beaulieu et al. 2020)"),
-    "oml": ("methods.oml", "Online-aware Meta-Learning (Javed & White 2019)"),
-    "hypernet": ("methods.hypernet", "task-conditioned hypernetwork, HNET+ENT (von Oswald et al. 2020)"),
-    "dgm": ("methods.dgm", "Dynamic Generative Memory, DGMa (Ostapenko et al. 2019)"),
+    "naive": ("clbench.methods.naive", "fine-tuning, one pass, no protection: the lower bound"),
+    "ewc": ("clbench.methods.ewc", "Elastic Weight Consolidation, online mode (Kirkpatrick et al. 2017)"),
+    "replay": ("clbench.methods.replay", "experience replay with a reservoir buffer"),
+    "oracle": ("clbench.methods.oracle", "i.i.d. training on the whole trajectory, several epochs: the upper bound"),
+    "anml": ("clbench.methods.anml", "A Neuromodulated Meta-Learning algorithm (Beaulieu et al. 2020)"),
+    "oml": ("clbench.methods.oml", "Online-aware Meta-Learning (Javed & White 2019)"),
+    "hypernet": ("clbench.methods.hypernet", "task-conditioned hypernetwork, HNET+ENT (von Oswald et al. 2020)"),
+    "dgm": ("clbench.methods.dgm", "Dynamic Generative Memory, DGMa (Ostapenko et al. 2019)"),
 }
 
 

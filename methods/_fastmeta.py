@@ -321,7 +321,7 @@ def _replay(module, cfg, job: Job, n_max: int, split: Split):
     starting values, and each experience's order of training images (the lean loop's RNG draws)."""
     from avalanche.training.determinism.rng_manager import RNGManager
 
-    from methods._lean import TensorBatches
+    from clbench.methods._lean import TensorBatches
 
     RNGManager.set_random_seeds(job.seed)
     ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=1, seed=job.seed, device=job.device,

@@ -231,8 +231,8 @@ def build_meta_test(model: nn.Module, trainable: list[nn.Parameter], optimizer_n
     """
     from avalanche.training.templates import SupervisedTemplate
 
-    from methods._common import lean_kwargs, optimizer
-    from methods._lean import lean
+    from clbench.methods._common import lean_kwargs, optimizer
+    from clbench.methods._lean import lean
 
     class MetaTest(lean(SupervisedTemplate)):  # the baselines' lean data path: same maths, less Python
         def make_optimizer(self, **kwargs):

@@ -10,7 +10,7 @@ makes a new class reuse units before it claims free ones; when a layer's free fr
 threshold, the layer grows. The critic is an AC-GAN discriminator: a WGAN-GP score plus a class head.
 
 While a class is learned, generated images of all earlier classes are replayed next to its real
-images to train the classifier that the harness scores: ``methods._common.convnet`` (default) or the
+images to train the classifier that the harness scores: ``clbench.methods._common.convnet`` (default) or the
 critic's class head (``solver="aux"``, as in the paper; see below why it is not the default).
 
 What learns in each experience: first the new class's mask embeddings and input code, the free
@@ -101,8 +101,8 @@ def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.templates import SupervisedTemplate
     from torch import nn
 
-    from methods._common import convnet, lean_kwargs
-    from methods._dgm_nets import Blur, Critic, MaskedGenerator, ToMemory, jitter, to_memory
+    from clbench.methods._common import convnet, lean_kwargs
+    from clbench.methods._dgm_nets import Blur, Critic, MaskedGenerator, ToMemory, jitter, to_memory
 
     if cfg.solver not in ("convnet", "aux"):
         raise ValueError(f"unknown solver '{cfg.solver}' (use 'convnet' or 'aux')")

@@ -94,8 +94,8 @@ def build(cfg: Config, ctx: BuildContext):
     import torch.nn.functional as F
     from avalanche.training.templates import SupervisedTemplate
 
-    from methods._common import lean_kwargs
-    from methods._lean import lean
+    from clbench.methods._common import lean_kwargs
+    from clbench.methods._lean import lean
 
     k = cfg.classes_per_task
     if k < 2:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clbench.config import Count, Optimizer, Positive
+from clbench.methods._common import LR_GRID
 from clbench.registry import BuildContext, MethodSpec
-from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ SPEC = MethodSpec(name="naive", config=Config, tuned={"lr": LR_GRID}, nested=Tru
 def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.supervised import Naive
 
-    from methods._common import convnet, lean_kwargs, optimizer
-    from methods._lean import lean
+    from clbench.methods._common import convnet, lean_kwargs, optimizer
+    from clbench.methods._lean import lean
 
     model = convnet(cfg.n_outputs, cfg.width)
     return lean(Naive)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),

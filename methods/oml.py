@@ -73,7 +73,7 @@ def image_size(cfg: Config) -> int:
 
 def meta_recipe(cfg: Config):
     from clbench.metatrain import Recipe
-    from methods._metanets import OMLNet
+    from clbench.methods._metanets import OMLNet
 
     return Recipe(method="oml", arch=_arch(cfg), image_size=cfg.input_size, steps=cfg.meta_steps,
                   inner_lr=cfg.inner_lr, meta_lr=cfg.meta_lr, inner_images=cfg.inner_images,
@@ -88,7 +88,7 @@ def build(cfg: Config, ctx: BuildContext):
     import torch
 
     from clbench.metatrain import ensure_checkpoint
-    from methods._metanets import OMLNet, build_meta_test, reset_rows
+    from clbench.methods._metanets import OMLNet, build_meta_test, reset_rows
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"OML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
@@ -102,7 +102,7 @@ def build(cfg: Config, ctx: BuildContext):
 def run_jobs(jobs):
     """Many meta-test trajectories at once on cached representations, with ``run_job``'s outcomes
     (methods/_fastmeta.py); yields (index into jobs, outcomes)."""
-    from methods._fastmeta import run_jobs as run_fast
+    from clbench.methods._fastmeta import run_jobs as run_fast
 
     return run_fast(jobs, _split)
 

@@ -28,7 +28,7 @@ SPEC = MethodSpec(name="oracle", config=Config)
 def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.supervised import JointTraining
 
-    from methods._common import convnet, lean_kwargs, optimizer
+    from clbench.methods._common import convnet, lean_kwargs, optimizer
 
     model = convnet(ctx.n_classes, cfg.width)
     return JointTraining(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clbench.config import Count, Optimizer, Positive
+from clbench.methods._common import LR_GRID
 from clbench.registry import BuildContext, MethodSpec
-from methods._common import LR_GRID
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from avalanche.training.supervised import Naive
 
-    from methods._common import convnet, lean_kwargs, optimizer
-    from methods._lean import lean
+    from clbench.methods._common import convnet, lean_kwargs, optimizer
+    from clbench.methods._lean import lean
 
     model = convnet(cfg.n_outputs, cfg.width)
     buffer = lean(ReservoirSamplingBuffer)(cfg.mem_size)

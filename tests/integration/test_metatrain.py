@@ -14,8 +14,8 @@ import torch
 
 from clbench import metatrain
 from clbench.metatrain import Recipe, load_pool, meta_objective, sample_task
+from clbench.methods._metanets import ANMLNet, OMLNet, init_kaiming
 from clbench.registry import BuildContext
-from methods._metanets import ANMLNet, OMLNet, init_kaiming
 
 ANML_TINY = dict(in_channels=3, nm_channels=8, pln_channels=16, n_outputs=1000)
 OML_TINY = dict(image_size=28, channels=16, hidden=0, n_outputs=1000)
@@ -119,7 +119,7 @@ def test_interrupted_meta_training_resumes_to_identical_weights(pool, tmp_path, 
 
 
 def test_ensure_checkpoint_caches_by_meta_training_fields_only(tmp_path):
-    from methods import oml
+    from clbench.methods import oml
 
     cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4, lr=1e-2)
     ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=tmp_path)

@@ -32,11 +32,11 @@ def test_reference_rows_are_added(capsys):
 def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monkeypatch):
     import dataclasses
 
-    import methods.naive
+    from clbench.methods import naive
 
     # A two-value grid keeps the test short; the mechanism is the one every method uses.
-    monkeypatch.setattr(methods.naive, "SPEC", methods.naive.SPEC.__class__(
-        name="naive", config=methods.naive.Config, tuned={"lr": (1e-9, 0.001)}))
+    monkeypatch.setattr(naive, "SPEC", naive.SPEC.__class__(
+        name="naive", config=naive.Config, tuned={"lr": (1e-9, 0.001)}))
     assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "0",
                  "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     (rec,) = [json.loads(line) for line in (tmp_path / "selection.jsonl").read_text().splitlines()]
@@ -54,7 +54,7 @@ def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monke
     assert (tmp_path / "selection.jsonl").read_text() == before
     # Scores made by another algorithm version are not reused: a bumped method selects anew.
     scored = len((tmp_path / "validation.jsonl").read_text().splitlines())
-    monkeypatch.setattr(methods.naive, "SPEC", dataclasses.replace(methods.naive.SPEC, version=2))
+    monkeypatch.setattr(naive, "SPEC", dataclasses.replace(naive.SPEC, version=2))
     assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "1",
                  "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert len((tmp_path / "validation.jsonl").read_text().splitlines()) == 2 * scored
@@ -130,12 +130,12 @@ def test_one_nested_pass_equals_separate_runs(data_root, method):
 def test_algorithm_version_bump_reruns_exactly_that_methods_cells(tmp_path, monkeypatch, capsys):
     import dataclasses
 
-    import methods.naive
+    from clbench.methods import naive
 
     argv = ["run", "--methods", "naive,replay", "--no-reference", *QUICK, "--seeds", "0,1", "--out", str(tmp_path)]
     assert main(argv) == 0
     before = {(r.method, r.seed, r.split): r for r in Store(tmp_path).rows()}
-    monkeypatch.setattr(methods.naive, "SPEC", dataclasses.replace(methods.naive.SPEC, version=2))
+    monkeypatch.setattr(naive, "SPEC", dataclasses.replace(naive.SPEC, version=2))
     capsys.readouterr()
     assert main([*argv, "--dry-run"]) == 0
     plan = [line.split("\t") for line in capsys.readouterr().out.splitlines()]

@@ -104,13 +104,19 @@ def test_dirty_rows_are_flagged_in_rows_and_leaderboard(clone, tmp_path, data_ro
     assert "**Warning:** 2 of 2 rows come from a source tree with uncommitted changes" in board
 
 
-def test_a_wheel_carries_the_commit_it_was_built_from(clone, tmp_path):
+@pytest.fixture(scope="module")
+def wheel(clone, tmp_path_factory) -> Path:
     uv = shutil.which("uv")
     if uv is None:
         pytest.skip("uv builds the wheel")
-    subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(tmp_path / "dist"), str(clone)], check=True,
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([uv, "build", "--wheel", "--quiet", "--out-dir", str(dist), str(clone)], check=True,
                    capture_output=True)
-    (wheel,) = (tmp_path / "dist").glob("clbench-*.whl")
+    (built,) = dist.glob("clbench-*.whl")
+    return built
+
+
+def test_a_wheel_carries_the_commit_it_was_built_from(clone, wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
@@ -118,3 +124,33 @@ def test_a_wheel_carries_the_commit_it_was_built_from(clone, tmp_path):
     assert info == {"commit": git(clone, "rev-parse", "HEAD").strip(), "dirty": False, "diff_hash": None}
     src = source_seen_from(site)
     assert src["origin"] == "wheel" and src["commit"] == info["commit"]
+
+
+def test_the_wheel_installs_clbench_and_its_methods_and_no_top_level_methods(wheel, tmp_path):
+    """A fresh virtual environment (its dependencies borrowed from this one) with the wheel installed."""
+    import site
+    import sysconfig
+
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert "clbench/methods/anml.py" in names and not any(n.startswith("methods/") for n in names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    deps = [p for p in {sysconfig.get_paths()["purelib"], *site.getsitepackages()} if Path(p).is_dir()]
+    (Path(purelib) / "borrowed-deps.pth").write_text("\n".join(deps) + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+                   check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing but the install can answer
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ls = subprocess.run([str(venv / "bin" / "clbench"), "ls"], check=True, capture_output=True, text=True,
+                        cwd=elsewhere, env=env).stdout
+    assert ls.startswith("naive") and "anml" in ls
+    code = ("import clbench.methods.anml as a, importlib.util as u; print(a.__file__); "
+            "print(u.find_spec('methods'))")
+    where, top = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True,
+                                cwd=elsewhere, env=env).stdout.split()
+    assert where.startswith(purelib) and top == "None"

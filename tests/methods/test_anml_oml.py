@@ -15,9 +15,9 @@ import torch
 
 from clbench.config import resolve_method_config as resolve_config
 from clbench.metatrain import ensure_checkpoint
+from clbench.methods import anml, oml
 from clbench.registry import BuildContext
 from clbench.streams import make_trajectory, to_avalanche, to_tensor
-from methods import anml, oml
 
 MODULES = {"anml": anml, "oml": oml}
 
@@ -107,7 +107,7 @@ def test_ci_checkpoint_learns_10_classes_online_well_above_chance(method, ci_che
 def test_oml_original_variant_reads_84px_images():
     cfg = dataclasses.replace(oml.Config(), input_size=84, channels=4)
     assert oml.image_size(cfg) == 84 and oml.image_size(oml.Config()) == 28
-    from methods._metanets import OMLNet
+    from clbench.methods._metanets import OMLNet
 
     net = OMLNet(image_size=84, channels=4, hidden=8)
     assert net(torch.rand(2, 1, 84, 84)).shape == (2, 1000)

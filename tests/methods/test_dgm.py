@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from avalanche.training.determinism.rng_manager import RNGManager  # noqa: E402
 
-import methods.dgm as D  # noqa: E402
+import clbench.methods.dgm as D  # noqa: E402
+from clbench.methods._dgm_nets import jitter  # noqa: E402
 from clbench.registry import BuildContext  # noqa: E402
 from clbench.streams import make_trajectory, to_avalanche, to_tensor  # noqa: E402
-from methods._dgm_nets import jitter  # noqa: E402
 
 # A short GAN phase and no classifier: enough steps to move every weight a class may train.
 SHORT = dict(iters=20, first_iters=60, solver_iters=0)

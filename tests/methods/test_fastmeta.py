@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from clbench.config import resolve_method_config
+from clbench.methods import _fastmeta, anml, oml
 from clbench.trajectory import Job, run_job
-from methods import _fastmeta, anml, oml
 
 MODULES = {"anml": anml, "oml": oml}
 TINY = {"anml": {"nm_channels": 4, "pln_channels": 8, "meta_steps": 0},

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from avalanche.training.determinism.rng_manager import RNGManager  # noqa: E402
 
-import methods.hypernet as H  # noqa: E402
+import clbench.methods.hypernet as H  # noqa: E402
 from clbench.registry import BuildContext  # noqa: E402
 from clbench.streams import make_trajectory, to_avalanche, to_tensor  # noqa: E402
 

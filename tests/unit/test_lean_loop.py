@@ -43,7 +43,7 @@ class Spy:
 def _train(omniglot, method: str, overrides: dict, lean: bool, monkeypatch, build=None):
     from avalanche.training.determinism.rng_manager import RNGManager
 
-    import methods._lean as lean_module
+    import clbench.methods._lean as lean_module
     from clbench import registry
     from clbench.config import resolve_method_config
     from clbench.streams import make_trajectory, to_avalanche
@@ -92,7 +92,7 @@ def test_lean_ewc_matches_avalanches_own_ewc_strategy(omniglot, monkeypatch):
     """methods/ewc.py builds the template + EWCPlugin that Avalanche's EWC class is; check it is."""
     from avalanche.training.supervised import EWC
 
-    from methods._common import convnet, lean_kwargs, optimizer
+    from clbench.methods._common import convnet, lean_kwargs, optimizer
 
     def avalanche_ewc(cfg, ctx):
         model = convnet(cfg.n_outputs, cfg.width)
@@ -113,7 +113,7 @@ def test_lean_ewc_matches_avalanches_own_ewc_strategy(omniglot, monkeypatch):
 def test_lean_of_an_unknown_class_says_so():
     from avalanche.training.plugins import LwFPlugin
 
-    from methods._lean import lean
+    from clbench.methods._lean import lean
 
     with pytest.raises(TypeError, match="no lean version of LwFPlugin"):
         lean(LwFPlugin)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clbench.metatrain import Recipe, meta_objective
-from methods._metanets import ANMLNet, OMLNet, init_kaiming
+from clbench.methods._metanets import ANMLNet, OMLNet, init_kaiming
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -105,7 +105,7 @@ def test_factored_inner_loop_and_chunked_meta_loss_change_no_sum(first_order, mo
     """ANML's inner loop keeps its head as W0 plus a low-rank update (``_inner_loop_factored``) and a
     large meta-batch runs in chunks: the meta-loss and every meta-gradient are the plain loop's
     (``_inner_loop``, one batch), to float64 rounding."""
-    from methods._metanets import ANMLLearner
+    from clbench.methods._metanets import ANMLLearner
 
     def run(factored: bool, chunk: int):
         monkeypatch.setattr(ANMLLearner, "factored_head", factored)
@@ -138,7 +138,7 @@ def test_max_pool_is_the_kernels_bit_for_bit(shape, monkeypatch):
     indices (first maximum in scan order on ties) and gradients identical; twice differentiable."""
     import torch.nn.functional as F
 
-    from methods._metanets import MaxPool2, _MaxPool2Grad
+    from clbench.methods._metanets import MaxPool2, _MaxPool2Grad
 
     monkeypatch.setattr(MaxPool2, "GRAD_MIN", 0)  # every size through the Function
     x = _pool_input(shape)
@@ -159,7 +159,7 @@ def test_batch_one_conv_computes_the_reference_convolution(in_channels, size):
     rounding, gradients (and second derivatives) included; a batch takes PyTorch's path unchanged."""
     import torch.nn.functional as F
 
-    from methods._metanets import Conv2d
+    from clbench.methods._metanets import Conv2d
 
     gen = torch.Generator().manual_seed(5)
     conv = Conv2d(in_channels, 32, 3).double()
