@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="markdown tables (and a plot) from stored rows")
     lb.add_argument("--store", default="runs", help="directory holding results.jsonl [runs]")
-    lb.add_argument("--output", default=None, help="write the markdown here (default: stdout)")
+    lb.add_argument("--output", default=None, help="write the table here (default: stdout)")
+    lb.add_argument("--format", default="md", choices=("md", "csv", "json"),
+                    help="md: the markdown leaderboard; csv/json: one line per (method, series, length, split)")
     lb.add_argument("--plot", default=None, help="also write a PNG plot of test accuracy vs classes")
 
     pf = sub.add_parser("perf", help="results/perf.md from the benchmarks' pytest-benchmark JSON")
@@ -190,7 +192,10 @@ def _cmd_leaderboard(args, argv) -> int:
     from clbench import leaderboard
 
     rows = _store_rows(args.store)
-    text = leaderboard.render(rows, command_line(argv), **_provenance(args.store))
+    if args.format == "md":
+        text = leaderboard.render(rows, command_line(argv), **_provenance(args.store))
+    else:
+        text = leaderboard.export(rows, args.format)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)

@@ -169,6 +169,19 @@ def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selecti
     return "\n".join(out) + "\n"
 
 
+def export(rows: Sequence[Row], fmt: str) -> str:
+    """The aggregated table (``clbench.results.aggregate``) as CSV or JSON: one line per (method, profile,
+    config hash, series, length, split) with mean, std, ci95, n and the seeds; lists joined by ';' in CSV."""
+    df = aggregate(list(rows))
+    if fmt == "json":
+        return df.to_json(orient="records", indent=1) + "\n"
+    flat = df.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, list)).any():
+            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)))
+    return flat.to_csv(index=False)
+
+
 def plot(rows: Sequence[Row], path: str, split: str = "test") -> None:
     """Accuracy against number of classes per method, with 95% CI bands (as in the ANML paper's figures)."""
     import matplotlib

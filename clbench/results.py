@@ -208,6 +208,18 @@ class Store:
 
 
 
+def load(directory: str | Path):
+    """A pandas DataFrame of a store's rows, one line per (method, length, seed, split): every ``Row``
+    field (the schema is the ``Row`` dataclass above), with ``config``, ``selected`` and ``extra`` spread
+    into ``config.<name>``, ``selected.<name>`` and ``extra.<name>`` columns."""
+    import pandas as pd
+
+    rows = Store(directory).rows()
+    if not rows:
+        raise StoreError(f"no results in {Path(directory) / STORE_NAME}")
+    return pd.json_normalize([dataclasses.asdict(r) for r in rows], max_level=1)
+
+
 def _alive(claim: dict[str, Any]) -> bool:
     """A claim holds while its process lives; one from another host holds until that run releases it."""
     if claim.get("host") != platform.node():

@@ -138,3 +138,32 @@ def test_a_trajectory_counts_once_whatever_its_run_id():
     new = dataclasses.replace(row(seed=0, acc=0.4), run_id="re-run-under-another-id")
     (r,) = aggregate([old, new, row(seed=1, acc=0.6)]).itertuples()
     assert r.n == 2 and r.mean == pytest.approx(0.5)  # seed 0's newest row (0.4) and seed 1
+
+
+def test_load_gives_a_dataframe_of_rows(tmp_path):
+    import dataclasses
+
+    from clbench.results import load
+
+    s = Store(tmp_path)
+    s.append([dataclasses.replace(row(seed=k, acc=a), config={"lr": 0.1}, selected={"lr": 0.1})
+              for k, a in enumerate([0.5, 0.7])])
+    df = load(tmp_path)
+    assert len(df) == 2 and list(df.seed) == [0, 1] and list(df.acc) == [0.5, 0.7]
+    assert list(df["config.lr"]) == [0.1, 0.1] and list(df["selected.lr"]) == [0.1, 0.1]
+    with pytest.raises(StoreError, match="no results"):
+        load(tmp_path / "empty")
+
+
+def test_export_csv_and_json_match_the_aggregate():
+    import csv
+    import io
+
+    from clbench.leaderboard import export
+
+    rows = [row(seed=s, acc=a) for s, a in enumerate([0.5, 0.7, 0.9])] + [row(n=50, seed=0, acc=0.2)]
+    (a, b) = list(csv.DictReader(io.StringIO(export(rows, "csv"))))
+    assert (a["n_classes"], a["seeds"], a["n"]) == ("10", "0;1;2", "3") and float(a["mean"]) == pytest.approx(0.7)
+    assert (b["n_classes"], float(b["mean"]), b["seeds"]) == ("50", 0.2, "0")
+    records = json.loads(export(rows, "json"))
+    assert records[0]["seeds"] == [0, 1, 2] and records[0]["mean"] == pytest.approx(0.7)
