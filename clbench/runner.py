@@ -22,7 +22,6 @@ import importlib.util
 import itertools
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from clbench.errors import UsageError
 from clbench.executors import EXECUTORS, execute
 from clbench.metrics import bwt, forgetting
 from clbench.process import check_device
+from clbench.progress import Progress
 from clbench.results import Row, Store
 from clbench.streams import PROTOCOL, PROTOCOL_VERSION, VALIDATION_SEED_BASE
 from clbench.trajectory import Job, Outcome
@@ -295,11 +295,7 @@ def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outco
     ) for split in ("train", "test")]
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run(rc: RunConfig, command: str = "", progress=_stderr) -> Store:
+def run(rc: RunConfig, command: str = "", progress=None) -> Store:
     """Run every cell that is new or stale; the rows of each job are stored as soon as it finishes.
 
     The run record (command, clbench's commit, platform) goes to ``runs.jsonl`` before the first job.
@@ -311,6 +307,7 @@ def run(rc: RunConfig, command: str = "", progress=_stderr) -> Store:
     for name in ("selection.jsonl", "validation.jsonl", provenance.RUNS):
         Store(rc.out, name).check()  # a damaged store fails now, before any work
     todo, stale, seen = classify(rc, cells, store)
+    progress = progress or Progress(len(todo))
     progress(f"clbench: {len(cells)} cells, {len(cells) - len(todo)} current in {store.path}, "
              f"{len(todo)} to run ({sum(map(len, stale.values()))} stale)")
     for reason, cs in stale.items():
@@ -332,6 +329,8 @@ def run(rc: RunConfig, command: str = "", progress=_stderr) -> Store:
                 progress(f"clbench: {len(cs)} stored cells are stale after this run's meta-training: {reason}")
     finally:
         store.release(record["run"])
+        if isinstance(progress, Progress):
+            progress.close()
     return store
 
 
@@ -362,5 +361,6 @@ def _run_method(rc: RunConfig, store: Store, cells: list[Cell], seen: dict, reco
             cell = job_cells[i][o.n_classes]
             rows += rows_for(rc, cell, selected[cell.n_classes], o, record)
             accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in o.acc.items())
-            progress(f"  {method} n={cell.n_classes} seed={cell.seed} {accs} ({o.train_seconds:.1f}s train)")
+            done = f"  {method} n={cell.n_classes} seed={cell.seed} {accs} ({o.train_seconds:.1f}s train)"
+            (progress.cell if isinstance(progress, Progress) else progress)(done)
         store.append(rows, supersede=True)

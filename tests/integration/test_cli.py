@@ -155,3 +155,34 @@ def test_damaged_store_line_is_one_line_and_blocks_run_and_leaderboard(store, tm
         err = capsys.readouterr().err.strip()
         assert f"{damaged / 'results.jsonl'} line 3 is damaged" in err and len(err.splitlines()) == 1
         assert (damaged / "results.jsonl").read_text() == text
+
+
+def test_progress_is_a_bar_with_eta_on_a_terminal_and_plain_lines_elsewhere(tmp_path, data_root):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    argv = [sys.executable, "-m", "clbench.cli", "run", "--methods", "naive", *FAST]
+    plain = subprocess.run([*argv, "--out", str(tmp_path / "plain")], capture_output=True, text=True, check=True)
+    assert "[1/2, eta " in plain.stderr and "[2/2, eta 0:00] naive n=10 seed=1" in plain.stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
+    proc = subprocess.Popen([*argv, "--out", str(tmp_path / "tty")], stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0
+    text = seen.decode(errors="replace")
+    assert "2/2 [" in text and "cell" in text and "<" in text  # tqdm's count, elapsed<remaining and rate
+    assert "naive n=10 seed=0" in text and "[1/2, eta" not in text
