@@ -1,7 +1,8 @@
 """Executors map ``run_job`` over jobs and hand back outcomes as they finish.
 
-``local`` runs jobs one after another in this process. ``ray`` runs each job as a Ray task, on the
-cluster at ``address`` or on a local Ray instance started here; Ray is imported only when asked for.
+``local`` runs jobs one after another in this process. ``ray`` runs them as Ray tasks, on the cluster
+at ``address`` (any number of machines) or on a local Ray instance started here; Ray is imported only
+when asked for.
 Both yield ``(index, outcomes)`` pairs, in whatever order jobs finish, so the caller stores each result
 as soon as it exists and an interruption loses at most the jobs in flight.
 
@@ -13,8 +14,10 @@ every job on ``run_job``, the reference path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from clbench import registry
 from clbench.trajectory import Job, Outcome, run_job
@@ -42,9 +45,16 @@ def local(jobs: Sequence[Job]) -> Iterator[tuple[int, list[Outcome]]]:
 
 
 def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, list[Outcome]]]:
+    """Jobs as Ray tasks on the cluster at ``address`` (or a Ray instance started here), on any node.
+
+    Workers need only Python with clbench's dependencies: the code travels with the tasks (``runtime_env``
+    ``py_modules``: this clbench, its methods folded in), the data and the cache are each node's own
+    (``CLBENCH_DATA``/``CLBENCH_CACHE`` there, or the checksum-verified download into that node's cache),
+    and meta-trained checkpoints are made once, here, and shipped. A method with ``run_jobs`` runs its
+    jobs as one task, so its batched path is the one used; every other job is a task of its own.
+    """
     # Ray's `uv run` integration would start each worker with the driver's `uv run ...` command line in
-    # a packed copy of the working directory (a fresh environment per Ray instance, and a failure when
-    # that copy lacks uv.lock): workers here use this interpreter and its installed clbench instead.
+    # a packed copy of the working directory: workers here use their node's interpreter instead.
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray as ray_lib
@@ -53,24 +63,112 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
                            "(uv sync --extra ray) or use --executor local") from None
     started_here = not ray_lib.is_initialized()
     if started_here:
-        # Workers import clbench and methods from this checkout, wherever the driver runs.
-        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONHASHSEED": "0"}})
-    remote = ray_lib.remote(run_job)
+        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
+    units = _units(jobs)
+    checkpoints = {m: ray_lib.put(files) for m, files in _checkpoints_to_ship(jobs).items()}
+    remote = ray_lib.remote(run_unit)
     # Each task reserves as many CPUs as the torch threads it will use, so tasks never oversubscribe, and a
-    # CUDA job one GPU: Ray hides every GPU from a task that reserves none (CUDA_VISIBLE_DEVICES="").
-    pending = {remote.options(num_cpus=job.threads, num_gpus=int(job.device.startswith("cuda"))).remote(job): i
-               for i, job in enumerate(jobs)}
+    # CUDA task one GPU: Ray hides every GPU from a task that reserves none (CUDA_VISIBLE_DEVICES="").
+    pending = {}
+    for batched, idx in units:
+        unit = [dataclasses.replace(jobs[i], cache_dir=None) for i in idx]  # each node's own cache
+        ref = remote.options(num_cpus=unit[0].threads, num_gpus=int(unit[0].device.startswith("cuda"))).remote(
+            unit, batched, checkpoints.get(unit[0].method))
+        pending[ref] = idx
     try:
         while pending:
             done, _ = ray_lib.wait(list(pending), num_returns=1)
             for ref in done:
-                yield pending.pop(ref), ray_lib.get(ref)
+                idx = pending.pop(ref)
+                for k, outcomes in ray_lib.get(ref):
+                    yield idx[k], outcomes
     finally:
         for ref in pending:
             ray_lib.cancel(ref)
         if started_here:
             ray_lib.shutdown()
+
+
+def runtime_env() -> dict:
+    """What every Ray worker gets: this clbench as a module (methods inside), and fixed hashing."""
+    return {"py_modules": [str(_package_copy())], "env_vars": {"PYTHONHASHSEED": "0"},
+            "excludes": ["__pycache__", "*.pyc"]}
+
+
+def _package_copy() -> Path:
+    """This clbench with its methods folded into ``clbench/methods`` (as a wheel lays them out), in a
+    temporary folder that Ray packs for the workers; results and caches never travel."""
+    import shutil
+    import tempfile
+
+    import clbench
+    import clbench.methods
+
+    dest = Path(tempfile.mkdtemp(prefix="clbench-ray-")) / "clbench"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(clbench.__file__).parent, dest, ignore=ignore)
+    for folder in clbench.methods.__path__[1:]:  # the checkout's methods/ folder, when run from one
+        shutil.copytree(folder, dest / "methods", ignore=ignore, dirs_exist_ok=True)
+    return dest
+
+
+def _units(jobs: Sequence[Job]) -> list[tuple[bool, list[int]]]:
+    """(batched, job indices) per task: a method with ``run_jobs`` as one task, every other job alone."""
+    units: list[tuple[bool, list[int]]] = []
+    batched: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if _hook(job.method) is not None:
+            if job.method not in batched:
+                batched[job.method] = []
+                units.append((True, batched[job.method]))
+            batched[job.method].append(i)
+        else:
+            units.append((False, [i]))
+    return units
+
+
+def _checkpoints_to_ship(jobs: Sequence[Job]) -> dict[str, dict[str, dict[str, bytes]]]:
+    """For each meta-learner among ``jobs``: its checkpoint, made here if need be (once, under a lock),
+    as {folder name: {file name: bytes}} for the workers to install in their caches."""
+    from clbench.config import resolve_method_config
+    from clbench.metatrain import ensure_checkpoint, locate
+    from clbench.process import configure
+
+    out = {}
+    for job in {j.method: j for j in jobs}.values():
+        module = registry.load(job.method)
+        if not module.SPEC.meta_learned:
+            continue
+        cfg = resolve_method_config(module, job.profile, job.overrides)
+        ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=job.seed, device="cpu", profile=job.profile,
+                                    data_root=job.data_root, cache_dir=Path(job.cache_dir) if job.cache_dir else None)
+        configure(job.threads)  # meta-training's bits depend on the thread count: the jobs' own
+        ensure_checkpoint(job.method, cfg, ctx)
+        folder = locate(job.method, cfg, ctx)[2]
+        out[job.method] = {folder.name: {f: (folder / f).read_bytes() for f in ("model.safetensors", "model.json")}}
+    return out
+
+
+def run_unit(jobs: list[Job], batched: bool, checkpoint: dict | None) -> list[tuple[int, list[Outcome]]]:
+    """A Ray task: install the shipped checkpoint in this node's cache, then run the jobs (``batched``:
+    through the method's ``run_jobs``). Paths from the driver are used only where they exist here."""
+    from clbench.data import default_cache_dir
+
+    cache = default_cache_dir()  # this node's
+    jobs = [dataclasses.replace(j, data_root=j.data_root if j.data_root and Path(j.data_root).is_dir() else None,
+                                cache_dir=str(cache)) for j in jobs]
+    if checkpoint:
+        for name, files in checkpoint.items():
+            folder = cache / "checkpoints" / name
+            if not (folder / "model.json").exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in ("model.safetensors", "model.json"):  # the JSON last: it marks the checkpoint done
+                    tmp = folder / (f + ".part")
+                    tmp.write_bytes(files[f])
+                    os.replace(tmp, folder / f)
+    if batched:
+        return list(registry.load(jobs[0].method).run_jobs(jobs))
+    return [(0, run_job(jobs[0]))]
 
 
 def execute(jobs: Sequence[Job], executor: str = "local", address: str | None = None):
