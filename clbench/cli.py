@@ -148,6 +148,8 @@ def _cmd_run(args, argv) -> int:
         for c in cells:
             print(f"{c.method}\tn={c.n_classes}\tseed={c.seed}\tconfig={c.config_hash}\trun_id={c.run_id}\t"
                   + status.get(c.request, "stored"))
+        for warning in runner.meta_training_ahead(rc, todo):
+            print(f"clbench: warning: {warning}", file=sys.stderr)
         return 0
     # Decode (or find in the cache) Omniglot now, so a data problem fails before the first cell, and pass
     # the resolved folder on: Ray workers need not share this shell's environment.

@@ -492,6 +492,32 @@ def cached_hash(method: str, cfg, ctx) -> str | None:
     return json.loads(meta.read_text())["checkpoint_hash"] if meta.is_file() else None
 
 
+def estimate_seconds(method: str, cfg, ctx, steps: int = 2) -> float:
+    """How long meta-training ``cfg`` would take here: the time of ``steps`` outer steps after one warm-up
+    on the real pool and device, times the recipe's steps (what ``clbench run --dry-run`` reports)."""
+    import torch
+
+    from clbench.methods._metanets import init_kaiming
+    from clbench.process import use_device
+
+    r = locate(method, cfg, ctx)[0]
+    use_device(ctx.device)
+    pool, _ = load_pool(ctx.data_root, r.image_size, ctx.device)
+    gen = torch.Generator().manual_seed(r.seed)
+    model = r.make_model(**r.arch)
+    init_kaiming(model, gen)
+    model.to(ctx.device)
+    opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+    with torch.random.fork_rng(devices=[]):
+        meta_step(model, opt, pool, gen, r)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            meta_step(model, opt, pool, gen, r)
+        if ctx.device.startswith("cuda"):
+            torch.cuda.synchronize(ctx.device)
+    return (time.perf_counter() - t0) / steps * r.steps
+
+
 def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[dict, str]:
     """The meta-trained weights for ``cfg`` (cached under ``ctx.cache_dir/checkpoints``) and their hash.
 

@@ -163,6 +163,27 @@ def _checkpoints(rc: RunConfig, methods) -> dict[str, str | None]:
     return out
 
 
+def meta_training_ahead(rc: RunConfig, todo: list[Cell]) -> list[str]:
+    """One line per meta-learner whose checkpoint a run of ``todo`` would make first, with the time it
+    would take on ``rc.device`` (measured: a few outer steps here)."""
+    from clbench.metatrain import estimate_seconds
+    from clbench.process import configure
+
+    out = []
+    waiting = [m for m, h in _checkpoints(rc, dict.fromkeys(c.method for c in todo)).items() if h is None]
+    for method in waiting:
+        module = registry.load(method)
+        cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+        ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=rc.device, profile=rc.profile,
+                                    data_root=rc.data_root, cache_dir=default_cache_dir())
+        configure(rc.threads, rc.device)
+        seconds = estimate_seconds(method, cfg, ctx)
+        out.append(f"{method} [{rc.profile}] has no meta-trained checkpoint here: the run meta-trains it first, "
+                   f"{cfg.meta_steps} outer steps, about {seconds / 60:.0f} min on {rc.device} with {rc.threads} "
+                   f"thread(s) (timed over a few steps now)")
+    return out
+
+
 def classify(rc: RunConfig, cells: list[Cell], store: Store) -> tuple[list[Cell], dict[str, list[Cell]], dict]:
     """The cells to run, the stale ones among them grouped by reason, and the runs whose rows of each
     cell's request are stored now (what a claim compares against)."""

@@ -186,3 +186,21 @@ def test_progress_is_a_bar_with_eta_on_a_terminal_and_plain_lines_elsewhere(tmp_
     text = seen.decode(errors="replace")
     assert "2/2 [" in text and "cell" in text and "<" in text  # tqdm's count, elapsed<remaining and rate
     assert "naive n=10 seed=0" in text and "[1/2, eta" not in text
+
+
+def test_dry_run_warns_when_the_run_would_meta_train(tmp_path, monkeypatch, capsys, data_root):
+    from clbench.data import default_cache_dir
+
+    cache = tmp_path / "cache"  # no checkpoints here, only the decoded images
+    cache.mkdir()
+    for f in default_cache_dir().glob("omniglot-*"):
+        (cache / f.name).symlink_to(f)
+    monkeypatch.setenv("CLBENCH_CACHE", str(cache))
+    assert main(["run", "--methods", "anml", "--profile", "ci", *FAST, "--dry-run", "--out", str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\tto run") == 2
+    (warning,) = captured.err.strip().splitlines()
+    assert warning.startswith("clbench: warning: anml [ci] has no meta-trained checkpoint here: the run "
+                              "meta-trains it first, 400 outer steps, about ")
+    assert "min on cpu with 1 thread(s)" in warning
+    assert not list((cache / "checkpoints").glob("*/model.json"))  # a dry run trains nothing
