@@ -158,9 +158,12 @@ def run_job(job: Job) -> list[Outcome]:
             checkpoint_hash=getattr(strategy, "checkpoint_hash", None), extra=extra,
             threads=torch.get_num_threads()))
 
+    meter = ExperienceMeter(f"{job.method} seed {job.seed}", traj.n_experiences)
+
     def after_experience(t: int) -> None:
         nonlocal paused
         t0 = now()
+        meter.update(t + 1)
         seen = traj.experience_classes(t).stop
         if matrix is not None and seen <= job.matrix_max:
             mask = y_test < seen
@@ -179,5 +182,40 @@ def run_job(job: Job) -> list[Outcome]:
         for t, exp in enumerate(bench.train_stream):
             strategy.train(exp)
             after_experience(t)
+    meter.close()
     evaluate(n_max)
     return outcomes
+
+
+class ExperienceMeter:
+    """Progress inside one long trajectory: a transient bar on a terminal, a plain line every
+    ``every_s`` seconds elsewhere (so a CI log shows a 600-class job is alive), nothing for short ones."""
+
+    def __init__(self, label: str, total: int, every_s: float = 60.0, min_total: int = 100):
+        import sys
+
+        self.label, self.total, self.every_s = label, total, every_s
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        self.quiet = total < min_total
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="exp", leave=False, position=1, dynamic_ncols=True)
+
+    def update(self, done: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        elif time.monotonic() - self.last >= self.every_s:
+            import sys
+
+            self.last = time.monotonic()
+            rate = (self.last - self.t0) / done
+            print(f"  {self.label}: experience {done}/{self.total}, eta {rate * (self.total - done) / 60:.1f} min",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

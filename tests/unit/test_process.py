@@ -32,3 +32,17 @@ def test_freed_activations_are_reused_without_page_faults():
     faults = [faults_of_a_step() for _ in range(30)][10:]
     assert statistics.median(faults) < 100, faults
     assert keep_freed_memory()  # idempotent
+
+
+def test_experience_meter_prints_plain_lines_off_a_terminal(capsys):
+    from clbench.trajectory import ExperienceMeter
+
+    meter = ExperienceMeter("naive seed 0", 600, every_s=0.0)
+    for t in (1, 2):
+        meter.update(t)
+    meter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("  naive seed 0: experience 1/600, eta ") and len(lines) == 2
+    short = ExperienceMeter("naive seed 0", 10, every_s=0.0)  # short trajectories say nothing
+    short.update(1)
+    assert capsys.readouterr().err == ""
