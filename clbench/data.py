@@ -18,8 +18,6 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.request
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -106,24 +104,25 @@ def locate(data_root: str | os.PathLike | None = None) -> tuple[Path | None, lis
 
 
 def download(dest: Path, zips: dict[str, tuple[str, str]] = OFFICIAL_ZIPS) -> Path:
-    """Download and extract the official zips into ``dest/omniglot-py``, verifying each md5.
+    """Download and extract the official zips into ``dest/omniglot-py``, verifying each md5 (torchvision's
+    ``download_url``, ``calculate_md5`` and ``extract_archive``).
 
     A checksum mismatch raises before anything is extracted; extraction goes through a temporary
     folder that is renamed into place, so an interrupted download leaves no half-written layout.
     """
+    from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+
     target = dest / "omniglot-py"
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         for name, (url, md5) in zips.items():
             archive = Path(tmp) / f"{name}.zip"
-            with urllib.request.urlopen(url, timeout=60) as resp, open(archive, "wb") as out:
-                shutil.copyfileobj(resp, out)
-            got = hashlib.md5(archive.read_bytes()).hexdigest()
+            download_url(url, tmp, filename=archive.name)
+            got = calculate_md5(str(archive))
             if got != md5:
                 raise DataError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; "
                                 "the download is corrupt or the file changed upstream; try again")
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(Path(tmp) / "omniglot-py")
+            extract_archive(str(archive), str(Path(tmp) / "omniglot-py"))
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)

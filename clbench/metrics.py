@@ -36,13 +36,6 @@ def bwt(R: Sequence[Sequence[float]]) -> float | None:
     return sum(R[T - 1][u] - R[u][u] for u in range(T - 1)) / (T - 1)
 
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; beyond, the normal 1.96 is
-# within 0.5%.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
 def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean, sample standard deviation and the half-width of the 95% t confidence interval of the mean.
 
@@ -54,6 +47,7 @@ def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float]:
     m = sum(values) / n
     if n == 1:
         return m, math.nan, math.nan
+    from scipy.stats import t
+
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    return m, sd, t * sd / math.sqrt(n)
+    return m, sd, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
