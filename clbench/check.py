@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import UsageError
+from clbench.leaderboard import markdown_table
 from clbench.results import Row
 
 FORMAT = 2
@@ -354,17 +355,17 @@ def power_report(rows: list[Row], reference: dict, command: str, methods: set[st
         f"{_platform(reference['platform'])}, so the comparison is **{mode}**"
         + (" (per seed: any changed prediction fails)." if mode == "exact" else
            f" (paired test, two-sided, family error rate {reference['family_alpha']}, z = {reference['z']})."), "",
-        "| row | seeds | images per seed | reference mean | tolerance | smallest drop detected |",
-        "|---|---|---|---|---|---|",
     ]
+    body = []
     for key in reference["accs"]:
         if methods and key.split("/")[0] not in methods:
             continue
         found = smallest_detected(rows, reference, key, methods=methods)
-        k = len(reference["accs"][key])
-        lines.append(f"| {label(key, profile)} | {k} | {reference['n_samples'][key]} | "
-                     f"{_mean(reference['accs'][key].values()):.4f} | ±{reference['tolerance'][key]:.4f} | "
-                     + ("none up to 0.2" if found is None else f"{found:.4f}") + " |")
+        body.append([label(key, profile), len(reference["accs"][key]), reference["n_samples"][key],
+                     f"{_mean(reference['accs'][key].values()):.4f}", f"±{reference['tolerance'][key]:.4f}",
+                     "none up to 0.2" if found is None else f"{found:.4f}"])
+    lines += markdown_table(["row", "seeds", "images per seed", "reference mean", "tolerance",
+                             "smallest drop detected"], body)
     return "\n".join(lines) + "\n"
 
 

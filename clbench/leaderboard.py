@@ -32,11 +32,16 @@ def _fmt(mean: float, spread: float, diverged: int) -> str:
     return cell + (f" ({diverged} diverged)" if diverged else "")
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A markdown (pipe) table as lines, cells as given (no number parsing), by tabulate."""
+    from tabulate import tabulate
+
+    return tabulate([[str(c) for c in r] for r in rows], headers=[str(h) for h in headers], tablefmt="pipe",
+                    disable_numparse=True).splitlines()
+
+
 def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
-    head = "| method | " + " | ".join(str(n) for n in lengths) + " |"
-    lines = [head, "|---" * (len(lengths) + 1) + "|"]
-    if kind == "mean":
-        lines.append("| chance (1/N) | " + " | ".join(f"{1 / n:.3f}" for n in lengths) + " |")
+    body = [["chance (1/N)", *(f"{1 / n:.3f}" for n in lengths)]] if kind == "mean" else []
     sub = df[df.split == split]
     multi = sub.groupby(["method", "profile"]).series.nunique().to_dict()
     keys = sorted(set(zip(sub.method, sub.profile, sub.config_hash, sub.series, strict=True)),
@@ -58,9 +63,8 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
                 cells.append("-" if math.isnan(r["ci95"]) else f"[{lo:.3f}, {hi:.3f}] (n={r['n']})")
             else:
                 cells.append(", ".join(s for s in r["selected"] if s != "{}") or "fixed")
-        lines.append(f"| {_label(method, profile, chash, multi[method, profile] > 1, series)} | " + " | ".join(cells)
-                     + " |")
-    return lines
+        body.append([_label(method, profile, chash, multi[method, profile] > 1, series), *cells])
+    return markdown_table(["method", *lengths], body)
 
 
 def _selection_lines(selection: Sequence[dict]) -> list[str]:
@@ -151,14 +155,11 @@ def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selecti
     if run_lines:
         out += ["", "## Runs that wrote these results", "", *run_lines]
     if extras:
-        out += ["", "## Method-specific figures (test split, mean over seeds)", "",
-                "| method | n | " + " | ".join(e.removeprefix("extra.") for e in extras) + " |",
-                "|---|---|" + "---|" * len(extras)]
         sub = df[df.split == "test"].dropna(subset=extras, how="all")
-        for _, r in sub.iterrows():
-            vals = ["-" if math.isnan(r[e]) else f"{r[e]:.3f}" for e in extras]
-            out.append(f"| {_label(r['method'], r['profile'], r['config_hash'], False)} | {r['n_classes']} | "
-                       + " | ".join(vals) + " |")
+        body = [[_label(r["method"], r["profile"], r["config_hash"], False), r["n_classes"],
+                 *("-" if math.isnan(r[e]) else f"{r[e]:.3f}" for e in extras)] for _, r in sub.iterrows()]
+        out += ["", "## Method-specific figures (test split, mean over seeds)", "",
+                *markdown_table(["method", "n", *(e.removeprefix("extra.") for e in extras)], body)]
     configs = {}
     for r in rows:
         configs.setdefault((r.method, r.profile, r.config_hash), r.config)
