@@ -127,7 +127,7 @@ def test_anml_meta_test_step_avalanche(benchmark, load, cache, omniglot, threads
     bench = to_avalanche(make_trajectory(omniglot.evaluation, n, 0))
     RNGManager.set_random_seeds(0)
     strategy = anml.build(cfg, registry.BuildContext(n_classes=n, classes_per_exp=1, seed=0, device=DEVICE,
-                                                     profile="paper", cache_dir=cache))
+                                                     profile="paper", cache_dir=cache, meta_train=True))
 
     def train():
         for exp in bench.train_stream:

@@ -518,7 +518,18 @@ def estimate_seconds(method: str, cfg, ctx, steps: int = 2) -> float:
     return (time.perf_counter() - t0) / steps * r.steps
 
 
-def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[dict, str]:
+def meta_train_command(method: str, cfg, profile: str) -> str:
+    """The ``clbench meta-train`` command that makes ``cfg``'s checkpoint: the profile, and ``--set`` for
+    every setting that differs from it."""
+    from clbench import registry
+    from clbench.config import config_dict, resolve_method_config
+
+    base = config_dict(resolve_method_config(registry.load(method), profile))
+    sets = [f" --set {k}={v}" for k, v in config_dict(cfg).items() if base.get(k) != v]
+    return f"clbench meta-train --method {method} --profile {profile}" + "".join(sets)
+
+
+def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True, allow_training: bool = True) -> tuple[dict, str]:
     """The meta-trained weights for ``cfg`` (cached under ``ctx.cache_dir/checkpoints``) and their hash.
 
     Meta-trains first when no finished checkpoint exists; a file lock makes a second process wait for
@@ -530,7 +541,13 @@ def ensure_checkpoint(method: str, cfg, ctx, *, progress: bool = True) -> tuple[
     import torch
     from filelock import FileLock
 
+    from clbench.errors import UsageError
+
     r, key, d = locate(method, cfg, ctx)
+    if not allow_training and not (d / "model.json").exists():
+        raise UsageError(f"{method} [{ctx.profile}]: no meta-trained checkpoint for this config in {d.parent}; "
+                         f"make it with `{meta_train_command(method, cfg, ctx.profile)}`, or build with "
+                         f"BuildContext(meta_train=True) to meta-train now ({r.steps} outer steps)")
     d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d / "lock")):
         found = read_final(d)

@@ -58,6 +58,13 @@ class BuildContext:
     profile: str  # "ci" | "default" | "paper": part of every method's config hash
     data_root: str | None = None  # for meta-learners, which read the meta-train pool themselves
     cache_dir: Path | None = None  # where meta-trained checkpoints are kept
+    # The caller's own Avalanche plugins, added to the method's, and evaluator (None: a silent one, as the
+    # harness evaluates by itself): a strategy built from Python reports the caller's metrics.
+    plugins: tuple[Any, ...] = ()
+    evaluator: Any = None
+    # May a meta-learner's build meta-train a missing checkpoint (minutes to hours)? The harness says
+    # yes; from Python the default refuses, naming the command that makes the checkpoint.
+    meta_train: bool = False
 
 
 def names() -> list[str]:

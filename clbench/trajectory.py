@@ -116,7 +116,7 @@ def run_job(job: Job) -> list[Outcome]:
     RNGManager.set_random_seeds(job.seed)
     ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=job.classes_per_exp, seed=job.seed,
                                 device=job.device, profile=job.profile, data_root=job.data_root,
-                                cache_dir=Path(job.cache_dir) if job.cache_dir else None)
+                                cache_dir=Path(job.cache_dir) if job.cache_dir else None, meta_train=True)
     strategy = module.build(cfg, ctx)
 
     x_test, y_test = to_tensor(traj.test_images), torch.from_numpy(traj.test_labels)

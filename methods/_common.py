@@ -50,9 +50,15 @@ def optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimiser '{name}' (use 'sgd' or 'adam')")
 
 
-def lean_kwargs(ctx: BuildContext) -> dict:
-    """Strategy keyword arguments that keep Avalanche's per-step overhead small."""
+def lean_kwargs(ctx: BuildContext, *plugins) -> dict:
+    """Strategy keyword arguments that keep Avalanche's per-step overhead small: the method's ``plugins``
+    and the caller's (``ctx.plugins``), and the caller's evaluator or else a silent one."""
     from avalanche.training.plugins import EvaluationPlugin
+
+    common = dict(device=ctx.device, plugins=[*plugins, *ctx.plugins], eval_every=-1, eval_mb_size=1024,
+                  criterion=nn.CrossEntropyLoss())
+    if ctx.evaluator is not None:
+        return dict(common, evaluator=ctx.evaluator)
 
     class Silent(EvaluationPlugin):
         silent_while_training = True  # methods._lean skips its per-step callbacks altogether
@@ -64,5 +70,4 @@ def lean_kwargs(ctx: BuildContext) -> dict:
     with warnings.catch_warnings():  # "no loggers": silence is the point here
         warnings.simplefilter("ignore", UserWarning)
         evaluator = Silent(loggers=[])
-    return dict(device=ctx.device, evaluator=evaluator, eval_every=-1, eval_mb_size=1024,
-                criterion=nn.CrossEntropyLoss())
+    return dict(common, evaluator=evaluator)

@@ -326,7 +326,7 @@ def _replay(module, cfg, job: Job, n_max: int, split: Split):
     RNGManager.set_random_seeds(job.seed)
     ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=1, seed=job.seed, device=job.device,
                                 profile=job.profile, data_root=job.data_root,
-                                cache_dir=Path(job.cache_dir) if job.cache_dir else None)
+                                cache_dir=Path(job.cache_dir) if job.cache_dir else None, meta_train=True)
     strategy = module.build(cfg, ctx)
     frozen, layers = split(strategy.model)
     trainable = {id(p) for g in strategy.optimizer.param_groups for p in g["params"]}

@@ -94,7 +94,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"ANML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx)
+    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx, allow_training=ctx.meta_train)
     model = ANMLNet(**_arch(cfg))
     model.load_state_dict(state)
     # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.

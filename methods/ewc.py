@@ -42,5 +42,5 @@ def build(cfg: Config, ctx: BuildContext):
     ewc = lean(EWCPlugin)(cfg.ewc_lambda, mode="online", decay_factor=cfg.decay_factor, keep_importance_data=False)
     # What Avalanche's EWC strategy is: the supervised template with an EWCPlugin (here its lean version).
     return lean(SupervisedTemplate)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-                                    train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[ewc],
-                                    **lean_kwargs(ctx))
+                                    train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs,
+                                    **lean_kwargs(ctx, ewc))

@@ -92,7 +92,7 @@ def build(cfg: Config, ctx: BuildContext):
 
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"OML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx)
+    state, checkpoint_hash = ensure_checkpoint("oml", cfg, ctx, allow_training=ctx.meta_train)
     model = OMLNet(**_arch(cfg))
     model.load_state_dict(state)
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)

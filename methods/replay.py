@@ -42,5 +42,4 @@ def build(cfg: Config, ctx: BuildContext):
     buffer = lean(ReservoirSamplingBuffer)(cfg.mem_size)
     replay = lean(ReplayPlugin)(mem_size=cfg.mem_size, storage_policy=buffer)
     return lean(Naive)(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-                       train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, plugins=[replay],
-                       **lean_kwargs(ctx))
+                       train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx, replay))

@@ -153,3 +153,18 @@ def test_meta_train_command(tmp_path, capsys):
     assert metatrain.main(argparse.Namespace(**{**vars(args), "set": ["inner_images=21"]})) == 2
     assert metatrain.main(argparse.Namespace(**{**vars(args), "device": "gpu"})) == 2
     assert "device 'gpu': not a torch device" in capsys.readouterr().err
+
+
+def test_a_build_from_python_refuses_to_meta_train_and_names_the_command(tmp_path):
+    from clbench.errors import UsageError
+    from clbench.methods import oml
+
+    cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4)
+    ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=tmp_path)
+    with pytest.raises(UsageError) as e:
+        oml.build(cfg, ctx)
+    assert ("make it with `clbench meta-train --method oml --profile ci --set lr=0.0003 --set channels=8 "
+            "--set meta_steps=2 --set meta_lr=0.0001 --set inner_images=2 --set remember=4`") in str(e.value)
+    assert "BuildContext(meta_train=True)" in str(e.value) and not (tmp_path / "checkpoints").exists()
+    strategy = oml.build(cfg, dataclasses.replace(ctx, meta_train=True))  # allowed: it meta-trains, then builds
+    assert strategy.checkpoint_hash and (tmp_path / "checkpoints").exists()

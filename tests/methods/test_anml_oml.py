@@ -27,7 +27,7 @@ def ci_config(method: str):
 
 
 def ci_context(n_classes: int, seed: int = 0) -> BuildContext:
-    return BuildContext(n_classes=n_classes, classes_per_exp=1, seed=seed, device="cpu", profile="ci")
+    return BuildContext(n_classes=n_classes, classes_per_exp=1, seed=seed, device="cpu", profile="ci", meta_train=True)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
