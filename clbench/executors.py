@@ -63,7 +63,8 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
                            "(uv sync --extra ray) or use --executor local") from None
     started_here = not ray_lib.is_initialized()
     if started_here:
-        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
+        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False)
+    env = runtime_env()  # per task, so that a Ray the caller started ships the code too
     units = _units(jobs)
     checkpoints = {m: ray_lib.put(files) for m, files in _checkpoints_to_ship(jobs).items()}
     remote = ray_lib.remote(run_unit)
@@ -72,8 +73,8 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
     pending = {}
     for batched, idx in units:
         unit = [dataclasses.replace(jobs[i], cache_dir=None) for i in idx]  # each node's own cache
-        ref = remote.options(num_cpus=unit[0].threads, num_gpus=int(unit[0].device.startswith("cuda"))).remote(
-            unit, batched, checkpoints.get(unit[0].method))
+        ref = remote.options(num_cpus=unit[0].threads, num_gpus=int(unit[0].device.startswith("cuda")),
+                             runtime_env=env).remote(unit, batched, checkpoints.get(unit[0].method))
         pending[ref] = idx
     try:
         while pending:
@@ -140,13 +141,22 @@ def _checkpoints_to_ship(jobs: Sequence[Job]) -> dict[str, dict[str, dict[str, b
         if not module.SPEC.meta_learned:
             continue
         cfg = resolve_method_config(module, job.profile, job.overrides)
-        ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=job.seed, device="cpu", profile=job.profile,
+        # Meta-train where the jobs will run when this machine has that device (checkpoints are made per
+        # device), else on its CPU.
+        device = job.device if job.device == "cpu" or _has_cuda() else "cpu"
+        ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=job.seed, device=device, profile=job.profile,
                                     data_root=job.data_root, cache_dir=Path(job.cache_dir) if job.cache_dir else None)
-        configure(job.threads)  # meta-training's bits depend on the thread count: the jobs' own
+        configure(job.threads, device)  # meta-training's bits depend on the thread count: the jobs' own
         ensure_checkpoint(job.method, cfg, ctx)
         folder = locate(job.method, cfg, ctx)[2]
         out[job.method] = {folder.name: {f: (folder / f).read_bytes() for f in ("model.safetensors", "model.json")}}
     return out
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run_unit(jobs: list[Job], batched: bool, checkpoint: dict | None) -> list[tuple[int, list[Outcome]]]:
