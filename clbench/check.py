@@ -150,6 +150,16 @@ def tolerance(spread: dict, k: int, z: float) -> float:
     return z * math.sqrt(spread["shift"] ** 2 + spread["sd"] ** 2 / k)
 
 
+def row_tolerance(reference: dict, cur: dict, key: str, z: float) -> float:
+    """The paired test's bound for row ``key`` of a store described by ``cur`` (``describe``)."""
+    spread = reference["spread"][key]
+    method = key.split("/")[0]
+    if cur["checkpoints"].get(method) == reference["checkpoints"].get(method):
+        # The reference's own checkpoint: no common shift, and the per-seed spread measured that way.
+        spread = {"sd": spread.get("sd_same_checkpoint", spread["sd"]), "shift": 0.0}
+    return tolerance(spread, len(reference["accs"][key]), z)
+
+
 def _diffs(ours: dict[str, float | None], ref: dict[str, float | None]) -> list[float] | None:
     if any(ours.get(s) is None or ref[s] is None for s in ref):
         return None  # a diverged trajectory on either side: compared exactly below
@@ -188,12 +198,7 @@ def check(rows: list[Row], reference: dict, methods: set[str] | None = None) -> 
                                f"{name}: diverged trajectories {'as' if same else 'unlike'} the reference's"))
             continue
         shift = sum(d) / k
-        spread = reference["spread"][key]
-        method = key.split("/")[0]
-        if cur["checkpoints"].get(method) == reference["checkpoints"].get(method):
-            # The reference's own checkpoint: no common shift, and the per-seed spread measured that way.
-            spread = {"sd": spread.get("sd_same_checkpoint", spread["sd"]), "shift": 0.0}
-        tol = tolerance(spread, k, z)
+        tol = row_tolerance(reference, cur, key, z)
         beyond = abs(shift) > tol
         stat = f"paired difference {shift:+.4f} over {k} seeds, cross-platform tolerance ±{tol:.4f}"
         if exact:
@@ -300,6 +305,7 @@ def make_reference(rows: list[Row], spreads: list[list[Row]], command: str, meta
         "n_samples": base["n_samples"],
         "accs": base["accs"],
         "spread": spread,
+        # What another platform with its own checkpoints is allowed (row_tolerance gives the case at hand).
         "tolerance": {k: round(tolerance(s, len(base["accs"][k]), z), 6) for k, s in spread.items()},
     }
 
@@ -357,12 +363,14 @@ def power_report(rows: list[Row], reference: dict, command: str, methods: set[st
            f" (paired test, two-sided, family error rate {reference['family_alpha']}, z = {reference['z']})."), "",
     ]
     body = []
+    cur = describe(rows, methods)
     for key in reference["accs"]:
         if methods and key.split("/")[0] not in methods:
             continue
         found = smallest_detected(rows, reference, key, methods=methods)
+        tol = "exact" if mode == "exact" else f"±{row_tolerance(reference, cur, key, reference['z']):.4f}"
         body.append([label(key, profile), len(reference["accs"][key]), reference["n_samples"][key],
-                     f"{_mean(reference['accs'][key].values()):.4f}", f"±{reference['tolerance'][key]:.4f}",
+                     f"{_mean(reference['accs'][key].values()):.4f}", tol,
                      "none up to 0.2" if found is None else f"{found:.4f}"])
     lines += markdown_table(["row", "seeds", "images per seed", "reference mean", "tolerance",
                              "smallest drop detected"], body)
