@@ -209,8 +209,9 @@ def check(rows: list[Row], reference: dict, methods: set[str] | None = None) -> 
             verdict = ("regressed" if shift < 0 else "rose") if beyond else "changed"
             why = ("beyond the cross-platform tolerance too: a real change" if beyond else
                    "within the cross-platform tolerance: if only rounding changed, regenerate the reference")
+            seeds = _seeds(sorted(int(s) for s in changed))
             out.append(Verdict(key, verdict, f"{name}: {len(changed)} of {k} seeds differ on the reference's own "
-                                             f"platform (seeds {_seeds([int(s) for s in changed])}); {stat}, {why}"))
+                                             f"platform (seeds {seeds}); {stat}, {why}"))
         elif beyond:
             verdict = "regressed" if shift < 0 else "rose"
             out.append(Verdict(key, verdict, f"{name}: {_mean(ours.values()):.4f} vs the reference's {mean_ref:.4f}; "
