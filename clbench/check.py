@@ -124,8 +124,12 @@ def protocol_differences(ours: dict, theirs: dict) -> list[str]:
                 out.append(f"{m}: {what.get(k, k)} {_short(a.get(k))} vs {_short(b.get(k))}")
     for cell in sorted(set(ours["cells"]) | set(theirs["cells"])):
         a, b = ours["cells"].get(cell), theirs["cells"].get(cell)
-        if a != b and a is not None and b is not None:
-            out.append(f"{cell.replace('/', ' n=')}: seeds {_seeds(a)} vs {_seeds(b)}")
+        where = cell.replace("/", " n=")
+        if a is None or b is None:
+            if cell.split("/")[0] in ours["methods"] and cell.split("/")[0] in theirs["methods"]:
+                out.append(f"{where} is {'missing from the store' if a is None else 'not in the reference'}")
+        elif a != b:
+            out.append(f"{where}: seeds {_seeds(a)} vs {_seeds(b)}")
     moved = [k for k in ours["streams"] if k in theirs["streams"] and ours["streams"][k] != theirs["streams"][k]]
     if moved:
         out.append(f"{len(moved)} trajectories changed stream (e.g. n={moved[0].replace('/', ' seed=')})")

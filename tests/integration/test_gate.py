@@ -69,10 +69,11 @@ def test_a_drop_of_three_points_at_10_classes_fails_naming_the_row(gate_store, r
 
 @pytest.fixture(scope="session")
 def other_threads(gate_store, tmp_path_factory):
-    """The gate's 10-class cells of OTHER_THREADS re-run at two threads (the checkpoints cached above)."""
+    """The gate's cells of OTHER_THREADS re-run at two threads (the checkpoints cached above)."""
     out = tmp_path_factory.mktemp("ci-gate-2-threads")
-    argv = [*GATE[0], "--methods", ",".join(OTHER_THREADS), "--no-reference", "--threads", "2", "--out", str(out)]
-    assert main(argv) == 0
+    for argv in GATE:
+        assert main([*argv, "--methods", ",".join(OTHER_THREADS), "--no-reference", "--threads", "2",
+                     "--out", str(out)]) == 0
     return out
 
 
@@ -110,7 +111,7 @@ def test_the_reference_records_its_protocol_and_platform(reference):
     assert all(not m["select"] for m in reference["protocol"]["methods"].values())
     assert reference["protocol"]["cells"]["anml/10"] == list(range(40))
     assert reference["platform"]["threads"] == 1 and reference["spread_platforms"][0]["threads"] == 2
-    assert json.dumps(reference["stores_made_by"]).count("--threads 2") == 2
+    assert json.dumps(reference["stores_made_by"]).count("--threads 2") >= 2
 
 
 @pytest.mark.parametrize("n", [10, 50])

@@ -79,6 +79,8 @@ def test_protocol_change_is_a_usage_error_that_says_what_differs(reference):
         check(rows(BASE, select=True), reference)
     with pytest.raises(CheckUsageError, match=r"ewc n=10: seeds 0-9 vs 0-19"):
         check(rows(BASE[:10]), reference)
+    with pytest.raises(CheckUsageError, match="ewc n=50 is not in the reference"):
+        check(rows(BASE) + rows(BASE[:3], n=50), reference)
     with pytest.raises(CheckUsageError, match="ewc is missing from the store; naive is not in the reference"):
         check(rows(BASE, method="naive"), reference)
     moved = [dataclasses.replace(r, stream_hash="other") for r in rows(BASE)]
