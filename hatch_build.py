@@ -1,8 +1,10 @@
-"""Hatchling build hook: a wheel records the clbench commit it was built from (``clbench/_build.json``).
+"""Hatchling build hook for wheels (editable installs skip it: there the checkout itself answers).
 
-An installed wheel has no git checkout to ask; ``clbench.provenance.source()`` reads this file instead.
-Editable installs (``uv sync``) skip it: there the checkout itself answers. A wheel built from an sdist
-(no git) records an unknown commit.
+- The repository's top-level ``methods/`` folder goes into the wheel as ``clbench/methods/``, so an install
+  adds no top-level package named ``methods``.
+- ``clbench/_build.json`` records the clbench commit the wheel was built from: an installed wheel has no
+  git checkout to ask, and ``clbench.provenance.source()`` reads this file instead. A wheel built from an
+  sdist (no git) records an unknown commit.
 """
 
 import json
@@ -32,3 +34,4 @@ class BuildInfoHook(BuildHookInterface):
         out = Path(tempfile.mkdtemp()) / "_build.json"
         out.write_text(json.dumps(state))
         build_data["force_include"][str(out)] = "clbench/_build.json"
+        build_data["force_include"][str(root / "methods")] = "clbench/methods"

@@ -48,7 +48,7 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
     """Jobs as Ray tasks on the cluster at ``address`` (or a Ray instance started here), on any node.
 
     Workers need only Python with clbench's dependencies: the code travels with the tasks (``runtime_env``
-    ``py_modules``: this clbench, its methods folded in), the data and the cache are each node's own
+    ``working_dir``: this clbench, its methods folded in), the data and the cache are each node's own
     (``CLBENCH_DATA``/``CLBENCH_CACHE`` there, or the checksum-verified download into that node's cache),
     and meta-trained checkpoints are made once, here, and shipped. A method with ``run_jobs`` runs its
     jobs as one task, so its batched path is the one used; every other job is a task of its own.
@@ -63,8 +63,9 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
                            "(uv sync --extra ray) or use --executor local") from None
     started_here = not ray_lib.is_initialized()
     if started_here:
-        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False)
-    env = runtime_env()  # per task, so that a Ray the caller started ships the code too
+        # The code ships with the job (Ray takes a local working_dir at ray.init only): a Ray that the
+        # caller started runs whatever runtime_env the caller gave it (``runtime_env()`` is public for that).
+        ray_lib.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env())
     units = _units(jobs)
     checkpoints = {m: ray_lib.put(files) for m, files in _checkpoints_to_ship(jobs).items()}
     remote = ray_lib.remote(run_unit)
@@ -73,8 +74,8 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
     pending = {}
     for batched, idx in units:
         unit = [dataclasses.replace(jobs[i], cache_dir=None) for i in idx]  # each node's own cache
-        ref = remote.options(num_cpus=unit[0].threads, num_gpus=int(unit[0].device.startswith("cuda")),
-                             runtime_env=env).remote(unit, batched, checkpoints.get(unit[0].method))
+        ref = remote.options(num_cpus=unit[0].threads, num_gpus=int(unit[0].device.startswith("cuda"))).remote(
+            unit, batched, checkpoints.get(unit[0].method))
         pending[ref] = idx
     try:
         while pending:
@@ -91,9 +92,13 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
 
 
 def runtime_env() -> dict:
-    """What every Ray worker gets: this clbench as a module (methods inside), and fixed hashing."""
-    return {"py_modules": [str(_package_copy())], "env_vars": {"PYTHONHASHSEED": "0"},
-            "excludes": ["__pycache__", "*.pyc"]}
+    """What every Ray worker gets: this clbench (methods inside) as its working directory, and fixed hashing.
+
+    A ``working_dir``, not ``py_modules``: without one, Ray puts the driver's own folders first on every
+    worker's ``sys.path``, and a worker that happens to have them (a shared home, one machine) would import
+    the code there rather than the code shipped.
+    """
+    return {"working_dir": str(_package_copy().parent), "env_vars": {"PYTHONHASHSEED": "0"}}
 
 
 def _package_copy() -> Path:

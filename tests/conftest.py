@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CLBENCH_DATA", str((ROOT / ".." / "shared" / "data" / "omniglot").resolve()))
 os.environ.setdefault("CLBENCH_CACHE", str(ROOT / ".cache" / "clbench"))
+# Ray reads this once, when first imported: its `uv run` hook would otherwise pack the whole checkout
+# (virtual environment and caches included) for every Ray instance the tests start (see executors.ray).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 @pytest.fixture(scope="session")
