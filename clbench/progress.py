@@ -27,6 +27,13 @@ class Progress:
         else:
             print(message, file=self.stream, flush=True)
 
+    def extend(self, n: int) -> None:
+        """``n`` more cells to run (a second pass)."""
+        self.total += n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def cell(self, message: str) -> None:
         """One cell finished: ``message`` says which and how it scored."""
         self.done += 1

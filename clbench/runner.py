@@ -348,6 +348,8 @@ def run(rc: RunConfig, command: str = "", progress=None) -> Store:
                 break
             for reason, cs in stale.items():
                 progress(f"clbench: {len(cs)} stored cells are stale after this run's meta-training: {reason}")
+            if isinstance(progress, Progress):
+                progress.extend(len(todo))
     finally:
         store.release(record["run"])
         if isinstance(progress, Progress):
