@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--store", default="runs")
     c.add_argument("--reference", required=True, help="the reference JSON (results/reference/ci.json)")
     c.add_argument("--methods", default=None, help="check only these methods of the reference (comma-separated)")
+    c.add_argument("--seeds", default=None, help="use only the stores' rows of these seeds, e.g. 0-29 (with "
+                                                 "--update: the reference's protocol then has just these)")
     c.add_argument("--update", action="store_true", help="write the reference from the stored results")
     c.add_argument("--spread", action="append", default=[], metavar="STORE",
                    help="with --update: the same protocol run on another platform (repeatable); sets the tolerances")
@@ -211,13 +213,18 @@ def _cmd_leaderboard(args, argv) -> int:
 def _cmd_check(args, argv) -> int:
     from clbench import check
 
-    rows = _store_rows(args.store)
+    seeds = set(_ints(args.seeds, "seeds")) if args.seeds else None
+
+    def rows_of(store: str):
+        return [r for r in _store_rows(store) if seeds is None or r.seed in seeds]
+
+    rows = rows_of(args.store)
     if args.update:
         meta = {m for m in registry.names() if registry.load(m).SPEC.meta_learned}
         from clbench.results import Store
 
         made_by = {s: [r["command"] for r in Store(s, RUNS).records()] for s in [args.store, *args.spread]}
-        ref = check.make_reference(rows, [_store_rows(s) for s in args.spread], command_line(argv), meta, made_by)
+        ref = check.make_reference(rows, [rows_of(s) for s in args.spread], command_line(argv), meta, made_by)
         check.write_reference(ref, args.reference)
         print(f"wrote {len(ref['accs'])} reference rows to {args.reference}")
         return 0

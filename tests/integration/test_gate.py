@@ -20,11 +20,11 @@ from clbench.results import Store, aggregate
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "results" / "reference" / "ci.json"
 BASE = ["run", "--profile", "ci", "--methods", "ewc,replay,anml,oml", "--no-select"]
-GATE = [[*BASE, "--lengths", "10", "--seeds", "0-39"], [*BASE, "--lengths", "50", "--seeds", "0-2"]]
+GATE = [[*BASE, "--lengths", "10", "--seeds", "0-29"], [*BASE, "--lengths", "50", "--seeds", "0-2"]]
 METHODS = {"naive", "ewc", "replay", "oracle", "anml", "oml"}
-# Re-run on another thread count: the methods whose measured cross-platform tolerance at 10 classes is
-# below 0.03 when they use the reference's checkpoint (results/reference/ci-power.md).
-OTHER_THREADS = ["ewc", "anml", "oml"]
+# Re-run on another thread count with the reference's checkpoints: the meta-learners (the baselines'
+# paired test is measured in results/reference/ci-power.md; the gate's wall time stays under 10 minutes).
+OTHER_THREADS = ["anml", "oml"]
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +109,7 @@ def test_the_reference_records_its_protocol_and_platform(reference):
     assert reference["protocol"]["profile"] == "ci"
     assert set(reference["protocol"]["methods"]) == METHODS
     assert all(not m["select"] for m in reference["protocol"]["methods"].values())
-    assert reference["protocol"]["cells"]["anml/10"] == list(range(40))
+    assert reference["protocol"]["cells"]["anml/10"] == list(range(30))
     assert reference["platform"]["threads"] == 1 and reference["spread_platforms"][0]["threads"] == 2
     assert json.dumps(reference["stores_made_by"]).count("--threads 2") >= 2
 
