@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
-from clbench import executors  # noqa: E402
 from clbench.cli import main  # noqa: E402
 from clbench.data import default_cache_dir  # noqa: E402
 from clbench.results import Store  # noqa: E402
@@ -39,10 +38,8 @@ def cluster(tmp_path_factory, data_root):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # A cluster on localhost, for this test alone: no token authentication (Ray turns it on by itself when
-    # a token file exists from an earlier local instance), for its nodes and this driver alike.
+    # a token file exists from an earlier local instance), for its nodes and the drivers alike.
     env.update(RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
 
     def ray_cli(*args, cwd=None, extra=None):
         out = subprocess.run([RAY, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
@@ -63,25 +60,35 @@ def cluster(tmp_path_factory, data_root):
         yield f"127.0.0.1:{port}", worker_cache
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
-def test_workers_run_the_code_shipped_to_them(cluster):
+WHERE = """
+import json, os, sys
+import ray
+from clbench import executors
+ray.init(address=sys.argv[1], runtime_env=executors.runtime_env(), log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+def where():
+    import clbench.methods.anml
+    return clbench.methods.anml.__file__, os.getcwd()
+
+print(json.dumps(ray.get(where.remote())))
+ray.shutdown()
+"""
+
+
+def _driver(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A Ray driver in a process of its own (Ray keeps per-process state that a test process should not)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+def test_workers_run_the_code_shipped_to_them(cluster, tmp_path):
     address, _ = cluster
-    ray.init(address=address, runtime_env=executors.runtime_env(), log_to_driver=False)
-    try:
-        @ray.remote(num_cpus=1)
-        def where() -> tuple[str, str]:
-            import clbench.methods.anml
-
-            return clbench.methods.anml.__file__, os.getcwd()
-
-        module, cwd = ray.get(where.remote())
-    finally:
-        ray.shutdown()
+    out = _driver(["-c", WHERE, address], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, cwd = json.loads(out.stdout.strip().splitlines()[-1])
     assert not module.startswith(str(ROOT)) and "runtime_resources" in module, module
     assert not cwd.startswith(str(ROOT))
 
@@ -89,7 +96,9 @@ def test_workers_run_the_code_shipped_to_them(cluster):
 def test_a_two_node_cluster_gives_the_local_rows(cluster, tmp_path):
     address, worker_cache = cluster
     assert main([*ARGS, "--out", str(tmp_path / "local")]) == 0
-    assert main([*ARGS, "--executor", "ray", "--address", address, "--out", str(tmp_path / "ray")]) == 0
+    out = _driver(["-m", "clbench.cli", *ARGS, "--executor", "ray", "--address", address, "--out",
+                   str(tmp_path / "ray")], ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
 
     def comparable(store):
         return sorted((r.run_id, r.split, r.acc, r.stream_hash, r.checkpoint_hash, json.dumps(r.config, sort_keys=True))
