@@ -105,8 +105,6 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(typ)[0] if typing.get_args(typ) else str
         return tuple(_coerce(v, inner, where) for v in items)
-    if typ is float and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        raise ConfigError(f"{where}={value}: must be a finite number")
     try:
         if typ is bool:
             if isinstance(value, bool):

@@ -405,6 +405,19 @@ class Progress:
               f"{rate:.2f} steps/s  eta {eta / 60:.1f} min", file=self.stream, flush=True)
 
 
+def _start(r: Recipe, device: str):
+    """A fresh meta-training of ``r``: its generator, the model initialised from it on ``device``, Adam."""
+    import torch
+
+    from clbench.methods._metanets import init_kaiming
+
+    gen = torch.Generator().manual_seed(r.seed)
+    model = r.make_model(**r.arch)
+    init_kaiming(model, gen)
+    model.to(device)
+    return gen, model, torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+
+
 def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu", checkpoint_every: int = 500,
           progress: bool = True, extra_meta: dict | None = None):
     """Meta-train ``r`` into folder ``d``, resuming from its newest state; returns (state_dict, meta).
@@ -414,7 +427,6 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
     """
     import torch
 
-    from clbench.methods._metanets import init_kaiming
     from clbench.process import keep_freed_memory, use_device
 
     keep_freed_memory()
@@ -423,11 +435,7 @@ def train(r: Recipe, d: Path, key: dict, *, data_root=None, device: str = "cpu",
     pool, data_hash = load_pool(data_root, r.image_size, device)
     if data_hash != key["data"]:
         raise RuntimeError(f"data content hash {data_hash} differs from the checkpoint key's {key['data']}")
-    gen = torch.Generator().manual_seed(r.seed)
-    model = r.make_model(**r.arch)
-    init_kaiming(model, gen)
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+    gen, model, opt = _start(r, device)
     meta = load_state(d, model, opt, gen) or {
         "key": key, "key_hash": key_hash(key), "meta_loss": [], "seconds": 0.0, **(extra_meta or {})}
     done = meta.get("steps_done", 0)
@@ -497,17 +505,12 @@ def estimate_seconds(method: str, cfg, ctx, steps: int = 2) -> float:
     on the real pool and device, times the recipe's steps (what ``clbench run --dry-run`` reports)."""
     import torch
 
-    from clbench.methods._metanets import init_kaiming
     from clbench.process import use_device
 
     r = locate(method, cfg, ctx)[0]
     use_device(ctx.device)
     pool, _ = load_pool(ctx.data_root, r.image_size, ctx.device)
-    gen = torch.Generator().manual_seed(r.seed)
-    model = r.make_model(**r.arch)
-    init_kaiming(model, gen)
-    model.to(ctx.device)
-    opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+    gen, model, opt = _start(r, ctx.device)
     with torch.random.fork_rng(devices=[]):
         meta_step(model, opt, pool, gen, r)
         t0 = time.perf_counter()

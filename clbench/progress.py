@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 
 class Progress:
-    def __init__(self, total: int, stream=None):
+    """``say``: where messages go instead of ``stream`` (a caller's own callable; never a bar then)."""
+
+    def __init__(self, total: int, stream=None, say: Callable[[str], None] | None = None):
         self.stream = stream or sys.stderr
+        self.say = say
         self.total, self.done, self.t0 = total, 0, time.monotonic()
         self.bar = None
-        if total > 1 and self.stream.isatty():
+        if total > 1 and say is None and self.stream.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="cell", file=self.stream, dynamic_ncols=True, smoothing=0.1)
 
     def __call__(self, message: str) -> None:
-        if self.bar is not None:
+        if self.say is not None:
+            self.say(message)
+        elif self.bar is not None:
             self.bar.write(message, file=self.stream)
         else:
             print(message, file=self.stream, flush=True)

@@ -22,6 +22,7 @@ import importlib.util
 import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,13 @@ def stale_reason(cell: Cell, rows: list[Row], checkpoint: str | None) -> str | N
     return None
 
 
+def _meta_context(rc: RunConfig) -> registry.BuildContext:
+    """The context that locates the run's meta-trained checkpoints (only the profile, data, cache and
+    device matter to them)."""
+    return registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=rc.device, profile=rc.profile,
+                                 data_root=rc.data_root, cache_dir=default_cache_dir())
+
+
 def _checkpoints(rc: RunConfig, methods) -> dict[str, str | None]:
     """The hash of each meta-learner's checkpoint cached now (None where it is still to be made)."""
     from clbench.metatrain import cached_hash
@@ -157,9 +165,7 @@ def _checkpoints(rc: RunConfig, methods) -> dict[str, str | None]:
         module = registry.load(method)
         if module.SPEC.meta_learned:
             cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
-            ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=rc.device, profile=rc.profile,
-                                        data_root=rc.data_root, cache_dir=default_cache_dir())
-            out[method] = cached_hash(method, cfg, ctx)
+            out[method] = cached_hash(method, cfg, _meta_context(rc))
     return out
 
 
@@ -174,10 +180,8 @@ def meta_training_ahead(rc: RunConfig, todo: list[Cell]) -> list[str]:
     for method in waiting:
         module = registry.load(method)
         cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
-        ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=rc.device, profile=rc.profile,
-                                    data_root=rc.data_root, cache_dir=default_cache_dir())
         configure(rc.threads, rc.device)
-        seconds = estimate_seconds(method, cfg, ctx)
+        seconds = estimate_seconds(method, cfg, _meta_context(rc))
         out.append(f"{method} [{rc.profile}] has no meta-trained checkpoint here: the run meta-trains it first, "
                    f"{cfg.meta_steps} outer steps, about {seconds / 60:.0f} min on {rc.device} with {rc.threads} "
                    f"thread(s) (timed over a few steps now)")
@@ -316,7 +320,7 @@ def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outco
     ) for split in ("train", "test")]
 
 
-def run(rc: RunConfig, command: str = "", progress=None) -> Store:
+def run(rc: RunConfig, command: str = "", progress: Progress | Callable[[str], None] | None = None) -> Store:
     """Run every cell that is new or stale; the rows of each job are stored as soon as it finishes.
 
     The run record (command, clbench's commit, platform) goes to ``runs.jsonl`` before the first job.
@@ -328,7 +332,8 @@ def run(rc: RunConfig, command: str = "", progress=None) -> Store:
     for name in ("selection.jsonl", "validation.jsonl", provenance.RUNS):
         Store(rc.out, name).check()  # a damaged store fails now, before any work
     todo, stale, seen = classify(rc, cells, store)
-    progress = progress or Progress(len(todo))
+    # A caller's own callable (or None: stderr) gets the messages; the count and ETA are kept here.
+    progress = progress if isinstance(progress, Progress) else Progress(len(todo), say=progress)
     progress(f"clbench: {len(cells)} cells, {len(cells) - len(todo)} current in {store.path}, "
              f"{len(todo)} to run ({sum(map(len, stale.values()))} stale)")
     for reason, cs in stale.items():
@@ -348,16 +353,15 @@ def run(rc: RunConfig, command: str = "", progress=None) -> Store:
                 break
             for reason, cs in stale.items():
                 progress(f"clbench: {len(cs)} stored cells are stale after this run's meta-training: {reason}")
-            if isinstance(progress, Progress):
-                progress.extend(len(todo))
+            progress.extend(len(todo))
     finally:
         store.release(record["run"])
-        if isinstance(progress, Progress):
-            progress.close()
+        progress.close()
     return store
 
 
-def _run_method(rc: RunConfig, store: Store, cells: list[Cell], seen: dict, record: dict, progress) -> None:
+def _run_method(rc: RunConfig, store: Store, cells: list[Cell], seen: dict, record: dict,
+                progress: Progress) -> None:
     """Claim ``cells`` (one method's), select its tuned values, run its jobs, store rows as jobs end."""
     method = cells[0].method
     mine = store.claim({c.request: seen[c.request] for c in cells}, record)
@@ -384,6 +388,5 @@ def _run_method(rc: RunConfig, store: Store, cells: list[Cell], seen: dict, reco
             cell = job_cells[i][o.n_classes]
             rows += rows_for(rc, cell, selected[cell.n_classes], o, record)
             accs = " ".join(f"{s}={a:.3f}" if a is not None else f"{s}=diverged" for s, a in o.acc.items())
-            done = f"  {method} n={cell.n_classes} seed={cell.seed} {accs} ({o.train_seconds:.1f}s train)"
-            (progress.cell if isinstance(progress, Progress) else progress)(done)
+            progress.cell(f"  {method} n={cell.n_classes} seed={cell.seed} {accs} ({o.train_seconds:.1f}s train)")
         store.append(rows, supersede=True)
