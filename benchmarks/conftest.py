@@ -10,7 +10,7 @@ so figures compare across machines with different core counts; the thread count,
 versions and the machine's matrix-product speed (``matmul_gflops``, also before each benchmark) go into the
 JSON. Knobs: ``CLBENCH_BENCH_CLASSES`` (trajectory length, 600; e.g. 20 for a
 one-minute try), ``CLBENCH_BENCH_ROUNDS`` (rounds of the whole-trajectory benchmarks, 1) and
-``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of methods/_lean.py).
+``CLBENCH_BENCH_AVALANCHE_LOOP=1`` (also measure Avalanche's own loop, the before of clbench/fast/avalanche.py).
 results/perf.md says which settings its figures come from.
 """
 

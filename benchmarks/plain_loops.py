@@ -1,6 +1,6 @@
 """Plain PyTorch loops doing the same maths as the harness's naive, ewc and replay strategies.
 
-They are the yardstick for the harness's overhead: same model (``clbench.methods._common.convnet``), same
+They are the yardstick for the harness's overhead: same model (``clbench.blocks.convnet``), same
 optimiser, same per-step work (one forward, backward and step per image at batch size 1; EWC's online
 penalty on every step and its Fisher pass after every experience; replay's buffer image in every
 step), but no Avalanche: tensors are sliced directly and nothing runs between the maths. A loop learns
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from clbench.methods._common import convnet, optimizer
+from clbench.blocks import convnet, optimizer
 from clbench.streams import N_TRAIN_PER_CLASS, Trajectory, to_tensor
 
 

@@ -56,8 +56,8 @@ def _bare_heads(optimizer_name: str, lr: float, batched: bool):
     that drew them (for the benchmark's features and labels) and the head's (inputs, outputs)."""
     import torch
 
-    from clbench.methods._common import optimizer
-    from clbench.methods._fastmeta import Heads
+    from clbench.blocks import optimizer
+    from clbench.fast.meta_test import Heads
     from clbench.methods.anml import Config
 
     d, c = 9 * Config.pln_channels, Config.n_outputs
@@ -123,7 +123,7 @@ def test_anml_meta_test_step_avalanche(benchmark, load, cache, omniglot, threads
     from clbench.streams import make_trajectory, to_avalanche
 
     n = max(1, math.ceil(STEPS / 15))
-    cfg = resolve_method_config(anml, "paper", {**RANDOM_INIT, "optimizer": OPTIMIZER})
+    cfg = resolve_method_config(anml.SPEC, "paper", {**RANDOM_INIT, "optimizer": OPTIMIZER})
     bench = to_avalanche(make_trajectory(omniglot.evaluation, n, 0))
     RNGManager.set_random_seeds(0)
     strategy = anml.build(cfg, registry.BuildContext(n_classes=n, classes_per_exp=1, seed=0, device=DEVICE,
@@ -144,14 +144,15 @@ def test_anml_meta_test_protocol(benchmark, load, cache, monkeypatch, threads, n
     nested (one pass per trajectory serves every length). Executor ``local``, so the fast path."""
     from clbench import runner
     from clbench.config import RunConfig
-    from clbench.methods import _fastmeta, anml
+    from clbench.fast import meta_test
+    from clbench.methods import anml
     from clbench.streams import PAPER_LENGTHS
 
     lengths = tuple(n for n in PAPER_LENGTHS if n <= n_classes) or (n_classes,)
-    grid = tuple(lr for lr in anml.LR_GRID if lr <= 1e-3)[:GRID]  # ANML ref code's 14 values
+    grid = tuple(lr for lr in anml.SPEC.tuned["lr"] if lr <= 1e-3)[:GRID]  # ANML ref code's 14 values
     monkeypatch.setattr(anml, "SPEC", dataclasses.replace(anml.SPEC, tuned={"lr": grid}))
     jobs, phases = [], {"select_s": 0.0, "features_s": 0.0}
-    execute, select, fill = runner.execute, runner.select, _fastmeta.Features.fill
+    execute, select, fill = runner.execute, runner.select, meta_test.Features.fill
 
     def counted(js, *args):
         jobs.extend(js)
@@ -168,7 +169,7 @@ def test_anml_meta_test_protocol(benchmark, load, cache, monkeypatch, threads, n
 
     monkeypatch.setattr(runner, "execute", counted)
     monkeypatch.setattr(runner, "select", timed("select_s", select))
-    monkeypatch.setattr(_fastmeta.Features, "fill", timed("features_s", fill))
+    monkeypatch.setattr(meta_test.Features, "fill", timed("features_s", fill))
     rounds = iter(range(10**6))
 
     def protocol():

@@ -3,7 +3,7 @@ own overhead.
 
 The overhead of a method is measured against ``plain_loops``: the same model, optimiser and per-step
 maths in a bare PyTorch loop. ``run_job`` drives the trajectory as always, but its training loop
-(the module's ``fit`` hook) alternates, experience by experience, one ``strategy.train`` with the plain
+(the spec's ``fit`` hook) alternates, experience by experience, one ``strategy.train`` with the plain
 loop learning the same class, and clocks both (wall and this process's CPU time). Alternating at that
 grain makes the two see the same machine load, which a shared machine needs: whole-run comparisons
 taken minutes apart were off by +-15%. The plain loop has its own random generator, so the harness's
@@ -39,20 +39,23 @@ def test_eval_throughput(benchmark, omniglot, load, n_classes):
     from clbench.streams import make_trajectory, to_tensor
     from clbench.trajectory import EVAL_BATCH, predict
 
-    module = registry.load("naive")
-    cfg = resolve_method_config(module, "default", {})
+    spec = registry.load("naive")
+    cfg = resolve_method_config(spec, "default", {})
     ctx = registry.BuildContext(n_classes=n_classes, classes_per_exp=1, seed=SEED, device="cpu", profile="default")
-    strategy = module.build(cfg, ctx)
+    strategy = spec.build(cfg, ctx)
     x = to_tensor(make_trajectory(omniglot.evaluation, n_classes, SEED).test_images)
-    logits = benchmark.pedantic(predict, args=(strategy, x, "cpu"), rounds=3, warmup_rounds=1)
+    logits = benchmark.pedantic(predict, args=(spec, strategy, x, "cpu"), rounds=3, warmup_rounds=1)
     benchmark.extra_info.update(images=len(x), eval_batch=EVAL_BATCH, width=cfg.width, outputs=cfg.n_outputs)
     assert logits.shape == (len(x), cfg.n_outputs)
 
 
-def _job(method: str, n_classes: int, threads: int):
+def _job(method: str, n_classes: int, threads: int, fast: bool = True):
+    from clbench import registry
+    from clbench.config import resolve_method_config
     from clbench.trajectory import Job
 
-    return Job(method=method, profile="default", overrides={}, lengths=(n_classes,), seed=SEED, threads=threads)
+    return Job(method=method, profile="default", config=resolve_method_config(registry.load(method), "default", {}),
+               lengths=(n_classes,), seed=SEED, threads=threads, fast=fast)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -81,23 +84,22 @@ def test_harness_overhead(benchmark, omniglot, load, method, monkeypatch, n_clas
                     reason="set CLBENCH_BENCH_AVALANCHE_LOOP=1 to measure Avalanche's own loop too (the 'before')")
 @pytest.mark.parametrize("method", METHODS)
 def test_harness_overhead_avalanche_loop(benchmark, omniglot, load, method, monkeypatch, n_classes, threads):
-    """As ``test_harness_overhead`` with methods._lean switched off: Avalanche's per-sample DataLoader
-    loop, for the report's before/after."""
-    from clbench.methods import _lean
-
-    monkeypatch.setattr(_lean, "LEAN", False)
+    """As ``test_harness_overhead`` without the speed layer (``fast=False``): Avalanche's per-sample
+    DataLoader loop, for the report's before/after."""
     _overhead(benchmark, omniglot, method, monkeypatch, n_classes, threads, loop="avalanche")
 
 
 def _overhead(benchmark, omniglot, method, monkeypatch, n_classes, threads, loop):
+    import dataclasses
+
     from clbench import registry
     from clbench.config import resolve_method_config
     from clbench.streams import make_trajectory
     from clbench.trajectory import run_job
 
-    module = registry.load(method)
-    assert not hasattr(module, "fit"), "the alternating loop below stands in for the runner's default loop"
-    cfg = resolve_method_config(module, "default", {})
+    spec = registry.load(method)
+    assert spec.fit is None, "the alternating loop below stands in for the runner's default loop"
+    cfg = resolve_method_config(spec, "default", {})
     data = plain_loops.experiences(make_trajectory(omniglot.evaluation, n_classes, SEED))
     clock = dict.fromkeys(("harness_wall", "harness_cpu", "plain_wall", "plain_cpu"), 0.0)
 
@@ -118,8 +120,10 @@ def _overhead(benchmark, omniglot, method, monkeypatch, n_classes, threads, loop
                 timed(name, fn, *args)
             after_experience(t)
 
-    monkeypatch.setattr(module, "fit", alternating_fit, raising=False)
-    outcome = benchmark.pedantic(lambda: run_job(_job(method, n_classes, threads))[-1], rounds=1)
+    timed_spec, load = dataclasses.replace(spec, fit=alternating_fit), registry.load
+    monkeypatch.setattr(registry, "load", lambda name: timed_spec if name == method else load(name))
+    outcome = benchmark.pedantic(lambda: run_job(_job(method, n_classes, threads, fast=loop == "lean"))[-1],
+                                 rounds=1)
     h, p = clock["harness_wall"], clock["plain_wall"]
     hc, pc = clock["harness_cpu"], clock["plain_cpu"]
     benchmark.extra_info.update(

@@ -22,20 +22,14 @@ ROUNDS, WARMUP = 10, 2
 def _outer_step(benchmark, method: str, order: str):
     import torch
 
+    from clbench import registry
     from clbench.config import resolve_method_config
-    from clbench.metatrain import load_pool, meta_step
-    from clbench.methods import anml, oml
-    from clbench.methods._metanets import init_kaiming
+    from clbench.metatrain import fresh_start, load_pool, meta_step
 
-    module = {"anml": anml, "oml": oml}[method]
-    cfg = resolve_method_config(module, "paper", {"first_order": order == "first"})
-    r = module.meta_recipe(cfg)
+    spec = registry.load(method)
+    r = spec.meta.recipe(resolve_method_config(spec, "paper", {"first_order": order == "first"}))
     pool, _ = load_pool(os.environ["CLBENCH_DATA"], r.image_size, DEVICE)
-    gen = torch.Generator().manual_seed(0)
-    model = r.make_model(**r.arch)
-    init_kaiming(model, gen)
-    model.to(DEVICE)
-    opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr)
+    gen, model, opt = fresh_start(r, DEVICE)  # as meta-training starts: with the fast kernels
 
     def step():
         meta_step(model, opt, pool, gen, r)
@@ -45,7 +39,8 @@ def _outer_step(benchmark, method: str, order: str):
     benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=WARMUP)
     benchmark.extra_info.update(method=method, order=order, device=DEVICE, image_size=r.image_size,
                                 params=sum(p.numel() for p in model.parameters()),
-                                inner_steps=r.inner_images, meta_batch=r.inner_images + r.remember)
+                                inner_steps=r.inner_images, meta_batch=r.inner_images + r.remember,
+                                threads=torch.get_num_threads())
 
 
 @pytest.mark.parametrize("order", ["second", "first"])

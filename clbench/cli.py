@@ -1,4 +1,4 @@
-"""The ``clbench`` command: run, meta-train, ls, leaderboard, check.
+"""The ``clbench`` command: run, cost, meta-train, checkpoints, ls, leaderboard, reproduce, check, perf.
 
 ``main(argv)`` returns the exit code: 0 success, 1 a failed check or a run error, 2 bad input. Bad
 input is reported in one line before anything is computed, and never touches stored results.
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmark on Omniglot.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run methods over trajectory lengths and seeds; rows go to OUT/results.jsonl")
+    r = argparse.ArgumentParser(add_help=False)  # the run's settings, shared by `run` and `cost`
     r.add_argument("--methods", required=True, help="comma-separated, e.g. anml,oml,ewc, or 'all' (see `clbench ls`)")
     r.add_argument("--lengths", default=None, help="e.g. 10,50 or 'paper' (10..600) [the profile's: 10,50]")
     r.add_argument("--seeds", default=None, help="reported trajectories, e.g. 0,1,2 or 0-9 [the profile's: 0,1,2]")
@@ -63,10 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", default=None, help="local | ray [local]")
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per trajectory [all cores]")
-    r.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    r.add_argument("--plain", dest="fast", action="store_false", default=None,
+                   help="run the plain definitions, without the speed layers of clbench.fast (slower, same results)")
+    run = sub.add_parser("run", parents=[r], help="run methods over trajectory lengths and seeds; rows go to "
+                                                   "OUT/results.jsonl")
+    run.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    cost = sub.add_parser("cost", parents=[r], help="the run's cost: estimated from a rates store, measured in OUT")
+    cost.add_argument("--rates", required=True,
+                      help="a store whose one-thread rows give each method's seconds per class")
+    cost.add_argument("--output", default=None, help="write the markdown here (default: print it)")
 
     m = sub.add_parser("meta-train", help="meta-train ANML or OML on the background set (cached, resumable)")
-    m.add_argument("--method", required=True, choices=("anml", "oml"))
+    m.add_argument("--method", required=True, help="a meta-learned method: anml or oml")
     m.add_argument("--steps", type=int, default=None, help="outer steps (default: the profile's)")
     m.add_argument("--profile", default="default", choices=PROFILES)
     m.add_argument("--device", default="cpu")
@@ -76,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-dir", default=None, help="checkpoints go under CACHE_DIR/checkpoints [$CLBENCH_CACHE]")
 
     sub.add_parser("ls", help="list methods and profiles")
+
+    rp = sub.add_parser("reproduce", help="ANML and OML rows against the published numbers, with verdicts")
+    rp.add_argument("--store", required=True, help="result directory holding results.jsonl")
+    rp.add_argument("--published", default="results/reference/published.csv")
+    rp.add_argument("--output", default=None, help="write the markdown here (default: print it)")
+
+    ck = sub.add_parser("checkpoints", help="list, export and import meta-trained checkpoints")
+    actions = ck.add_subparsers(dest="action", required=True)
+    ck_ls = actions.add_parser("ls", help="the checkpoints in the cache, and those the repository commits")
+    ck_ls.add_argument("--output", default=None, help="also write the committed ones as markdown to this file")
+    ck_ex = actions.add_parser("export", help="write finished checkpoints as single files into DIR")
+    ck_ex.add_argument("dir")
+    ck_ex.add_argument("names", nargs="*", help="folder names (or their start) or methods [every finished one]")
+    ck_im = actions.add_parser("import", help="verify exported checkpoints and install them in the cache")
+    ck_im.add_argument("files", nargs="+")
+    ck_im.add_argument("--data-root", default=None, help="folder holding omniglot-py/ [$CLBENCH_DATA]")
+    for action in (ck_ls, ck_ex, ck_im):
+        action.add_argument("--cache-dir", default=None, help="the cache holding checkpoints/ [$CLBENCH_CACHE]")
 
     lb = sub.add_parser("leaderboard", help="markdown tables (and a plot) from stored rows")
     lb.add_argument("--store", default="runs", help="directory holding results.jsonl [runs]")
@@ -118,7 +144,7 @@ def _run_config(args) -> RunConfig:
         elif key in merged:
             merged[key] = tuple(merged[key])
     for key in ("out", "profile", "device", "data_root", "reference", "select", "val_seeds", "matrix_max", "executor",
-                "address", "threads"):
+                "address", "threads", "fast"):
         if (value := getattr(args, key)) is not None:
             merged[key] = value
     if args.lengths is not None:
@@ -165,6 +191,92 @@ def _cmd_run(args, argv) -> int:
     text = leaderboard.render(store.rows(), command_line(argv), **_provenance(rc.out))
     (Path(rc.out) / "leaderboard.md").write_text(text)
     print(text)
+    return 0
+
+
+def _cmd_meta_train(args) -> int:
+    """Meta-train (or find in the cache) the checkpoint of ``--method`` with the profile and ``--set``s."""
+    import time
+
+    from clbench import metatrain
+    from clbench.config import resolve_method_config
+    from clbench.process import check_device
+
+    check_device(args.device)
+    spec = registry.load(args.method)
+    if not spec.meta_learned:
+        meta = [m for m in registry.names() if registry.load(m).meta_learned]
+        raise CLIError(f"'{args.method}' is not meta-learned; meta-train applies to {' and '.join(meta)}")
+    overrides: dict = parse_set(args.set, method=args.method).get(args.method, {})
+    if args.steps is not None:
+        overrides["meta_steps"] = args.steps
+    overrides["meta_seed"] = args.seed
+    cfg = resolve_method_config(spec, args.profile, overrides)
+    ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=args.device, profile=args.profile,
+                                data_root=args.data_root, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    t0 = time.monotonic()
+    _, h = metatrain.ensure_checkpoint(spec, cfg, ctx)
+    folder = metatrain.locate(spec, cfg, ctx)[2]
+    print(f"{args.method}: checkpoint {h} in {folder} ({time.monotonic() - t0:.0f} s)")
+    return 0
+
+
+def _cmd_cost(args, argv) -> int:
+    from clbench import cost, runner
+    from clbench.results import Store
+
+    rc = _run_config(args)
+    runner.plan(rc)  # validates names, lengths, seeds and settings
+    store = Store(rc.out)
+    text = cost.render(rc, _store_rows(args.rates), args.rates, store.rows() if store.path.exists() else [],
+                       Store(rc.out, "validation.jsonl").records(), command_line(argv))
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text, end="")
+    return 0
+
+
+def _cmd_reproduce(args, argv) -> int:
+    from clbench import reproduction
+
+    text = reproduction.render(_store_rows(args.store), reproduction.read_published(args.published),
+                               command_line(argv))
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text, end="")
+    return 0
+
+
+def _cmd_checkpoints(args, argv) -> int:
+    from tabulate import tabulate
+
+    from clbench import checkpoints
+
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    if args.action == "import":
+        for file in args.files:
+            folder = checkpoints.install(Path(file), cache, args.data_root)
+            print(f"{file}: installed in {folder}")
+        return 0
+    entries = checkpoints.listing(cache)
+    if args.action == "export":
+        chosen = [e for e in entries if e.checkpoint_hash and (not args.names or any(
+            e.folder.name.startswith(n) or e.method == n for n in args.names))]
+        if not chosen:
+            raise CLIError(f"no finished checkpoint matches {' '.join(args.names) or 'anything'} in "
+                           f"{entries[0].folder.parent if entries else 'the cache'}")
+        for e in chosen:
+            print(f"{e.folder.name}: {checkpoints.export(e.folder, Path(args.dir))}")
+        return 0
+    rows = [(e.folder.name, e.method, e.profile, e.steps, e.checkpoint_hash or "", e.device,
+             "" if e.minutes is None else f"{e.minutes:.1f}") for e in entries]
+    print(tabulate(rows, headers=("folder", "method", "profile", "steps", "hash", "device", "minutes"),
+                   tablefmt="github") if rows else "no checkpoints in the cache")
+    for d in checkpoints.committed_dirs():
+        for f in sorted(d.glob("*" + checkpoints.SUFFIX)):
+            print(f"committed: {f}")
+    if args.output:
+        Path(args.output).write_text(checkpoints.committed_markdown(command_line(argv)))
     return 0
 
 
@@ -220,7 +332,7 @@ def _cmd_check(args, argv) -> int:
 
     rows = rows_of(args.store)
     if args.update:
-        meta = {m for m in registry.names() if registry.load(m).SPEC.meta_learned}
+        meta = {m for m in registry.names() if registry.load(m).meta_learned}
         from clbench.results import Store
 
         made_by = {s: [r["command"] for r in Store(s, RUNS).records()] for s in [args.store, *args.spread]}
@@ -253,13 +365,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _cmd_run(args, argv)
         if args.command == "meta-train":
-            from clbench import metatrain
-
-            return metatrain.main(args)
+            return _cmd_meta_train(args)
         if args.command == "perf":
             from clbench import perf
 
             return perf.main(args.json, args.output)
+        if args.command == "cost":
+            return _cmd_cost(args, argv)
+        if args.command == "reproduce":
+            return _cmd_reproduce(args, argv)
+        if args.command == "checkpoints":
+            return _cmd_checkpoints(args, argv)
         if args.command == "ls":
             return _cmd_ls(args)
         if args.command == "leaderboard":

@@ -83,6 +83,7 @@ class RunConfig:
     address: str | None = None  # Ray cluster address; None starts a local instance
     # torch threads per trajectory: fixed, since a different thread count changes the result's bits
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    fast: bool = True  # the speed layers of clbench.fast (same results); False: the plain definitions, slower
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -147,24 +148,26 @@ def check_value(value: Any, typ: Any, where: str) -> None:
         raise ConfigError(f"{where}={value}: must be a finite number")
 
 
-def resolve_method_config(module, profile: str, overrides: dict[str, Any] | None = None):
-    """The method's Config: defaults, then ``module.PROFILES[profile]``, then ``overrides`` (file, CLI)."""
+def resolve_method_config(spec, profile: str, overrides: dict[str, Any] | None = None):
+    """The method's Config: defaults, then ``spec.profiles[profile]``, then ``overrides`` (file, CLI).
+
+    The one place a method's configuration is made: a job carries the result, nothing resolves it again."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}' (use one of {', '.join(PROFILES)})")
-    cls = module.Config
+    cls = spec.config
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = dict(getattr(module, "PROFILES", {}).get(profile, {}))
+    values: dict[str, Any] = dict(spec.profiles.get(profile, {}))
     for key, value in (overrides or {}).items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{module.SPEC.name} has no setting '{key}'{hint} "
+            raise ConfigError(f"{spec.name} has no setting '{key}'{hint} "
                               f"(settings: {', '.join(sorted(fields))})")
-        values[key] = _coerce(value, hints[key], f"{module.SPEC.name}.{key}")
+        values[key] = _coerce(value, hints[key], f"{spec.name}.{key}")
     cfg = cls(**values)
     for f in dataclasses.fields(cls):  # defaults and profile values too: a bad profile fails here, not mid-run
-        check_value(getattr(cfg, f.name), hints[f.name], f"{module.SPEC.name}.{f.name}")
+        check_value(getattr(cfg, f.name), hints[f.name], f"{spec.name}.{f.name}")
     return cfg
 
 
@@ -177,15 +180,17 @@ def config_hash(method: str, profile: str, cfg) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def parse_set(items: list[str]) -> dict[str, dict[str, str]]:
-    """``["ewc.lr=0.01", "naive.width=32"]`` -> ``{"ewc": {"lr": "0.01"}, "naive": {"width": "32"}}``."""
+def parse_set(items: list[str], method: str | None = None) -> dict[str, dict[str, str]]:
+    """``["ewc.lr=0.01", "naive.width=32"]`` -> ``{"ewc": {"lr": "0.01"}, "naive": {"width": "32"}}``; with
+    ``method``, the items are that method's ``FIELD=VALUE`` (``clbench meta-train --set``)."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot or not method or not name:
-            raise ConfigError(f"--set {item!r}: expected METHOD.FIELD=VALUE, e.g. ewc.ewc_lambda=50")
-        out.setdefault(method.strip(), {})[name.strip()] = value.strip()
+        name, dot, field_ = (method, ".", key) if method else key.partition(".")
+        if not sep or not dot or not name or not field_.strip():
+            example = "FIELD=VALUE, e.g. meta_steps=200" if method else "METHOD.FIELD=VALUE, e.g. ewc.ewc_lambda=50"
+            raise ConfigError(f"--set {item!r}: expected {example}")
+        out.setdefault(name.strip(), {})[field_.strip()] = value.strip()
     return out
 
 

@@ -6,10 +6,9 @@ when asked for.
 Both yield ``(index, outcomes)`` pairs, in whatever order jobs finish, so the caller stores each result
 as soon as it exists and an interruption loses at most the jobs in flight.
 
-A method module may export ``run_jobs(jobs)``, yielding ``(index into jobs, outcomes)`` with ``run_job``'s
-outcomes for each job; ``local`` then hands it all of that method's jobs at once (ANML and OML run many
-meta-test trajectories together on cached features, methods/_fastmeta.py). ``CLBENCH_FASTMETA=0`` keeps
-every job on ``run_job``, the reference path.
+Meta-learned methods' jobs (ANML, OML) run all at once through the cached-feature engine
+(``clbench.fast.meta_test.run_jobs``), many meta-test trajectories together, unless the jobs ask for the
+plain path (``Job.fast`` False: every job on ``run_job``, the Avalanche strategy).
 """
 
 from __future__ import annotations
@@ -25,22 +24,22 @@ from clbench.trajectory import Job, Outcome, run_job
 EXECUTORS = ("local", "ray")
 
 
-def _hook(method: str):
-    if os.environ.get("CLBENCH_FASTMETA", "1") == "0":
-        return None
-    return getattr(registry.load(method), "run_jobs", None)
+def _stacked(job: Job) -> bool:
+    """Whether ``job`` runs in the cached-feature engine with the method's other jobs."""
+    return job.fast and registry.load(job.method).meta_learned
 
 
 def local(jobs: Sequence[Job]) -> Iterator[tuple[int, list[Outcome]]]:
+    from clbench.fast import meta_test
+
     handled: set[str] = set()
     for i, job in enumerate(jobs):
-        hook = _hook(job.method)
-        if hook is None:
+        if not _stacked(job):
             yield i, run_job(job)
-        elif job.method not in handled:  # the method's first job: run all of its jobs through the hook
+        elif job.method not in handled:  # the method's first job: run all of its stacked jobs at once
             handled.add(job.method)
-            where = [k for k, j in enumerate(jobs) if j.method == job.method]
-            for k, outcomes in hook([jobs[w] for w in where]):
+            where = [k for k, j in enumerate(jobs) if j.method == job.method and _stacked(j)]
+            for k, outcomes in meta_test.run_jobs([jobs[w] for w in where]):
                 yield where[k], outcomes
 
 
@@ -50,8 +49,8 @@ def ray(jobs: Sequence[Job], address: str | None = None) -> Iterator[tuple[int, 
     Workers need only Python with clbench's dependencies: the code travels with the tasks (``runtime_env``
     ``working_dir``: this clbench, its methods folded in), the data and the cache are each node's own
     (``CLBENCH_DATA``/``CLBENCH_CACHE`` there, or the checksum-verified download into that node's cache),
-    and meta-trained checkpoints are made once, here, and shipped. A method with ``run_jobs`` runs its
-    jobs as one task, so its batched path is the one used; every other job is a task of its own.
+    and meta-trained checkpoints are made once, here, and shipped. A meta-learned method's stacked jobs run
+    as one task, so the cached-feature engine is the one used; every other job is a task of its own.
     """
     # Ray's `uv run` integration would start each worker with the driver's `uv run ...` command line in
     # a packed copy of the working directory: workers here use their node's interpreter instead.
@@ -119,11 +118,11 @@ def _package_copy() -> Path:
 
 
 def _units(jobs: Sequence[Job]) -> list[tuple[bool, list[int]]]:
-    """(batched, job indices) per task: a method with ``run_jobs`` as one task, every other job alone."""
+    """(batched, job indices) per task: a meta-learned method's stacked jobs as one task, every other job alone."""
     units: list[tuple[bool, list[int]]] = []
     batched: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
-        if _hook(job.method) is not None:
+        if _stacked(job):
             if job.method not in batched:
                 batched[job.method] = []
                 units.append((True, batched[job.method]))
@@ -136,24 +135,22 @@ def _units(jobs: Sequence[Job]) -> list[tuple[bool, list[int]]]:
 def _checkpoints_to_ship(jobs: Sequence[Job]) -> dict[str, dict[str, dict[str, bytes]]]:
     """For each meta-learner among ``jobs``: its checkpoint, made here if need be (once, under a lock),
     as {folder name: {file name: bytes}} for the workers to install in their caches."""
-    from clbench.config import resolve_method_config
     from clbench.metatrain import ensure_checkpoint, locate
     from clbench.process import configure
 
     out = {}
     for job in {j.method: j for j in jobs}.values():
-        module = registry.load(job.method)
-        if not module.SPEC.meta_learned:
+        spec = registry.load(job.method)
+        if not spec.meta_learned:
             continue
-        cfg = resolve_method_config(module, job.profile, job.overrides)
         # Meta-train where the jobs will run when this machine has that device (checkpoints are made per
         # device), else on its CPU.
         device = job.device if job.device == "cpu" or _has_cuda() else "cpu"
         ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=job.seed, device=device, profile=job.profile,
                                     data_root=job.data_root, cache_dir=Path(job.cache_dir) if job.cache_dir else None)
         configure(job.threads, device)  # meta-training's bits depend on the thread count: the jobs' own
-        ensure_checkpoint(job.method, cfg, ctx)
-        folder = locate(job.method, cfg, ctx)[2]
+        ensure_checkpoint(spec, job.config, ctx)
+        folder = locate(spec, job.config, ctx)[2]
         out[job.method] = {folder.name: {f: (folder / f).read_bytes() for f in ("model.safetensors", "model.json")}}
     return out
 
@@ -166,7 +163,7 @@ def _has_cuda() -> bool:
 
 def run_unit(jobs: list[Job], batched: bool, checkpoint: dict | None) -> list[tuple[int, list[Outcome]]]:
     """A Ray task: install the shipped checkpoint in this node's cache, then run the jobs (``batched``:
-    through the method's ``run_jobs``). Paths from the driver are used only where they exist here."""
+    through the cached-feature engine). Paths from the driver are used only where they exist here."""
     from clbench.data import default_cache_dir
 
     cache = default_cache_dir()  # this node's
@@ -182,7 +179,9 @@ def run_unit(jobs: list[Job], batched: bool, checkpoint: dict | None) -> list[tu
                     tmp.write_bytes(files[f])
                     os.replace(tmp, folder / f)
     if batched:
-        return list(registry.load(jobs[0].method).run_jobs(jobs))
+        from clbench.fast import meta_test
+
+        return list(meta_test.run_jobs(jobs))
     return [(0, run_job(jobs[0]))]
 
 

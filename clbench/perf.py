@@ -21,6 +21,7 @@ from clbench.errors import UsageError
 
 SPEED = 'REFERENCE.md, "Reference speed on this kind of machine"'
 AVALANCHE = 'REFERENCE.md, "Avalanche 0.6.0 with torch 2.13: measured facts"'
+SIDE = 'REFERENCE.md, "Measured side by side"'
 
 
 @dataclass(frozen=True)
@@ -33,25 +34,28 @@ class Reference:
     applies: Callable[[dict], bool] | None = None  # else: does the figure hold for this run's extra_info?
 
 
-_META_TEST_STEP = Reference(0.021, "ref ANML meta-test SGD step", SPEED)
-_TRAJECTORY_600 = Reference(9000 * 0.021, "ref ANML meta-test training at 600 classes, 9,000 steps x 21 ms (derived)",
-                            SPEED, field="train_s", n_classes=600)
+def _one_thread(optimizer: str | None = None) -> Callable[[dict], bool]:
+    """The side-by-side figures hold for one torch thread (and the reference's optimiser where one is named)."""
+    return lambda i: i.get("threads") == 1 and (optimizer is None or i.get("optimizer") == optimizer)
+
+
+# Only figures measured side by side with the benchmark's own work compare: the same optimiser, thread
+# count and step on both sides (REFERENCE.md, "Measured side by side": 1 torch thread each, alternated).
+_OUTER = 3.38  # the reference code's first-order outer step at paper size (0.61 s of it PNG decoding)
 REFERENCES: dict[str, Reference] = {
     "test_stream_build": Reference(0.2, "600 + 600 one-class experiences built by Avalanche", AVALANCHE,
                                    n_classes=600),
-    "test_anml_outer_step[first]": Reference(1.81, "ref ANML outer step, README settings (first order)", SPEED),
+    "test_anml_outer_step[first]": Reference(_OUTER, "ref ANML outer step, first order", SIDE, applies=_one_thread()),
     "test_anml_outer_step[second]": Reference(
-        1.81, "ref ANML outer step (first order: the ref code has no second-order mode)", SPEED),
-    # The same work on each path: one SGD step, a whole 600-class trajectory.
-    "test_anml_meta_test_step": _META_TEST_STEP,
-    "test_anml_meta_test_step_blocked": _META_TEST_STEP,
-    "test_anml_meta_test_step_avalanche": _META_TEST_STEP,
-    "test_anml_trajectory": _TRAJECTORY_600,
-    "test_anml_trajectory_avalanche": _TRAJECTORY_600,
-    # Only the whole protocol compares: a run reduced by the benchmark's knobs does a fraction of the work.
+        _OUTER, "ref ANML outer step, first order (the ref code has no second-order mode)", SIDE,
+        applies=_one_thread()),
+    "test_anml_meta_test_step_adam": Reference(0.032, "ref ANML meta-test step with Adam (its optimiser)", SIDE,
+                                               applies=_one_thread("adam")),
+    # The reference's own learning-rate search (Adam), 600 classes: only the whole protocol compares.
     "test_anml_meta_test_protocol": Reference(
-        10 * 3600.0, "ref ANML learning-rate search at 600 classes alone (about 10 h)", SPEED, n_classes=600,
-        applies=lambda i: (i.get("val_seeds"), i.get("seeds"), len(i.get("grid", ()))) == (10, 10, 14)),
+        10 * 3600.0, "ref ANML learning-rate search at 600 classes alone (about 10 h, Adam)", SPEED, n_classes=600,
+        applies=lambda i: (i.get("val_seeds"), i.get("seeds"), len(i.get("grid", ())), i.get("optimizer"))
+        == (10, 10, 14, "adam")),
 }
 # Avalanche's own overhead at 600 one-class experiences, batch 1, linear model: Naive with a lean
 # evaluator against a plain loop.
@@ -119,7 +123,7 @@ def _overhead_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
             "Training time of a whole trajectory through the harness (`run_job`) against a plain PyTorch loop "
             "doing the same maths (`benchmarks/plain_loops.py`: same model, optimiser and per-step work), "
             "alternated experience by experience so both see the same machine load. "
-            "Overhead = (harness - plain) / plain. Loop `lean` is the harness as it runs (methods/_lean.py); "
+            "Overhead = (harness - plain) / plain. Loop `lean` is the harness as it runs (clbench/fast/avalanche.py); "
             "`avalanche` is the same strategy on Avalanche's own per-sample DataLoader loop. CPU seconds are "
             "this process's own; CPU / wall shows how much of a core it got (below 100%: other work shared "
             "the machine).", "",
@@ -230,7 +234,8 @@ def render(data: dict[str, Any], command: str) -> str:
         *_machine_rows(data),
         "## Timings", "",
         "Median and spread over each benchmark's rounds (IQR from 4 rounds on); speedup = reference time / "
-        "measured time, where REFERENCE.md has a figure for the same work. GFLOP/s: the machine's float32 "
+        "measured time, only where REFERENCE.md has a figure for the same work measured side by side (same "
+        "optimiser, same thread count). GFLOP/s: the machine's float32 "
         "matrix-product speed just before the benchmark ran (1024 x 1024 on its threads, or 8192 x 8192 on "
         "the GPU a run with `CLBENCH_BENCH_DEVICE=cuda` uses; `matmul_gflops` in benchmarks/conftest.py). "
         "A shared VM's speed drifts: compare timings taken at similar GFLOP/s.", "",

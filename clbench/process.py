@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
-
-# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on a 64-bit system.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20
-_TRIM_THRESHOLD = 1 << 30
-
 
 def check_device(device: str, local: bool = True) -> None:
     """Raise a UsageError unless ``device`` names a torch device clbench runs on (cpu, cuda, cuda:N) and,
@@ -45,6 +36,8 @@ def configure(threads: int, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from clbench.fast.memory import keep_freed_memory
+
     keep_freed_memory()
     use_device(device)
 
@@ -66,28 +59,3 @@ def use_device(device: str) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.allow_tf32 = False
     torch.cuda.reset_peak_memory_stats(torch.device(device))  # each job reports its own peak
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed blocks of up to 32 MB for reuse instead of returning them to the system.
-
-    PyTorch's CPU allocator is plain malloc and free, one call per tensor. glibc serves a large block
-    with a fresh mmap and unmaps it when freed, so a loop that frees and re-allocates its activations
-    page-faults them in again every time: 27,000 minor faults (105 MB of zeroed pages) per second-order
-    paper-size ANML outer step, 0.12 s of its 1.05 s on the development CPU. PyTorch's CPU tuning guide
-    preloads jemalloc or tcmalloc for this; two mallopt calls give the same reuse with nothing to install.
-    The price: a process holds on to up to 1 GB of freed heap (the trim threshold) instead of returning it.
-    Process-wide and idempotent; returns whether it applied (False off glibc, e.g. macOS or musl).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # A fixed threshold also turns off glibc's own adjustment, which raises it only to the largest block
-    # freed so far (and the trim threshold to twice that): too late and too little for varied activations.
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

@@ -1,17 +1,21 @@
 """The method table: names -> modules, imported only when a method is used.
 
-Each module in ``methods/`` exports ``Config`` (a frozen dataclass), ``SPEC`` (a ``MethodSpec``) and
-``build(cfg, ctx)``. Listing names or checking a typo never imports torch.
+Each module in ``methods/`` declares ``SPEC``, a ``MethodSpec``: its frozen ``Config``, ``build(cfg, ctx)``
+and every optional hook as a typed field. ``load`` checks the declaration; the harness reaches a method
+through it alone. Listing names or checking a typo never imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clbench.config import PROFILES
 from clbench.errors import UsageError
 
 # name -> (module, one-line summary). The summary lives here too so `clbench ls` needs no imports.
@@ -25,26 +29,6 @@ METHODS: dict[str, tuple[str, str]] = {
     "hypernet": ("clbench.methods.hypernet", "task-conditioned hypernetwork, HNET+ENT (von Oswald et al. 2020)"),
     "dgm": ("clbench.methods.dgm", "Dynamic Generative Memory, DGMa (Ostapenko et al. 2019)"),
 }
-
-
-class UnknownMethodError(UsageError):
-    pass
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    config: type  # the frozen Config dataclass
-    # Fields chosen per trajectory length on validation streams, with their grids (see selection).
-    tuned: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    meta_learned: bool = False  # trains on the meta-train pool before meta-test
-    # True when a run of length n is exactly the first n experiences of any longer run with the same seed
-    # (online, one pass, nothing sized by the trajectory length): the runner then evaluates every length
-    # of a seed in one pass over the longest trajectory, since trajectories of one seed are nested.
-    nested: bool = False
-    # Bump when the method's maths changes (not its speed): every stored row of the method becomes stale
-    # and the next run re-runs its cells.
-    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +49,96 @@ class BuildContext:
     # May a meta-learner's build meta-train a missing checkpoint (minutes to hours)? The harness says
     # yes; from Python the default refuses, naming the command that makes the checkpoint.
     meta_train: bool = False
+    # The speed layers of ``clbench.fast`` (same results; False: Avalanche's own loop and the plain layers).
+    fast: bool = True
+
+
+class UnknownMethodError(UsageError):
+    pass
+
+
+class ContractError(TypeError):
+    """A method module that does not declare what the harness needs (a bug in the method, not in the input)."""
+
+
+@dataclass(frozen=True)
+class MetaLearning:
+    """What a meta-learned method adds to the contract (ANML, OML).
+
+    ``recipe(cfg)`` is everything that determines the meta-trained weights (a ``clbench.metatrain.Recipe``:
+    the network, its meta-objective and the meta-training settings); ``split(model)`` says what meta-test
+    leaves frozen (a function image -> features) and which Linear layers it trains, which lets the
+    cached-feature engine (``clbench.fast.meta_test``) run many trajectories at once. The strategy that
+    ``build`` returns carries the ``checkpoint_hash`` of the weights it starts from.
+    """
+
+    recipe: Callable[[Any], Any]
+    split: Callable[[Any], tuple[Callable[[Any], Any], list[Any]]]
+
+
+def _image_size_28(cfg: Any) -> int:
+    return 28
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's declaration: every hook the harness may call, typed, checked when the method is loaded."""
+
+    name: str
+    config: type  # the frozen Config dataclass; ``Config()`` alone is a valid configuration
+    build: Callable[[Any, BuildContext], Any]  # (cfg, ctx) -> an Avalanche strategy
+    # Settings per profile ("ci", "default", "paper") on top of the Config defaults.
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Fields chosen per trajectory length on validation streams, with their grids (see selection).
+    tuned: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    # True when a run of length n is exactly the first n experiences of any longer run with the same seed
+    # (online, one pass, nothing sized by the trajectory length): the runner then evaluates every length
+    # of a seed in one pass over the longest trajectory, since trajectories of one seed are nested.
+    nested: bool = False
+    # Bump when the method's maths changes (not its speed): every stored row of the method becomes stale
+    # and the next run re-runs its cells.
+    version: int = 1
+    image_size: Callable[[Any], int] = _image_size_28  # (cfg) -> the side of the images it reads
+    # (strategy, benchmark, after_experience) -> None, for a method that does not train experience by
+    # experience with ``strategy.train(exp)`` (the i.i.d. oracle; hypernet, which trains a task at the end).
+    fit: Callable[[Any, Any, Callable[[int], None] | None], None] | None = None
+    # (strategy, images) -> logits, for a strategy whose prediction is not ``model(x)`` in eval mode.
+    predict: Callable[[Any, Any], Any] | None = None
+    # (strategy, images, labels) -> {figure: value}, method-specific figures stored beside the accuracy.
+    report: Callable[[Any, Any, Any], dict[str, Any]] | None = None
+    meta: MetaLearning | None = None  # set for meta-learned methods: trains on the meta-train pool first
+
+    @property
+    def meta_learned(self) -> bool:
+        return self.meta is not None
+
+
+def check_spec(spec: Any, name: str) -> MethodSpec:
+    """``spec`` if it honours the contract; else a ContractError that names what is wrong."""
+    def fail(why: str):
+        raise ContractError(f"method '{name}': {why}")
+
+    if not isinstance(spec, MethodSpec):
+        fail(f"SPEC is a {type(spec).__name__}, not a MethodSpec")
+    if spec.name != name:
+        fail(f"SPEC.name is '{spec.name}'")
+    if not (dataclasses.is_dataclass(spec.config) and spec.config.__dataclass_params__.frozen):
+        fail("SPEC.config is not a frozen dataclass")
+    fields = {f.name for f in dataclasses.fields(spec.config)}
+    for profile, values in spec.profiles.items():
+        if profile not in PROFILES:
+            fail(f"unknown profile '{profile}' (profiles: {', '.join(PROFILES)})")
+        if unknown := set(values) - fields:
+            fail(f"profile '{profile}' sets {sorted(unknown)}, which Config does not have")
+    if unknown := set(spec.tuned) - fields:
+        fail(f"tuned fields {sorted(unknown)} are not in Config")
+    for hook in ("build", "image_size", "fit", "predict", "report"):
+        value = getattr(spec, hook)
+        if value is not None and not callable(value):
+            fail(f"SPEC.{hook} is not callable")
+    if spec.meta is not None and not (callable(spec.meta.recipe) and callable(spec.meta.split)):
+        fail("SPEC.meta needs callable recipe and split")
+    return spec
 
 
 def names() -> list[str]:
@@ -79,7 +153,7 @@ def check_names(requested: list[str]) -> None:
             raise UnknownMethodError(f"unknown method '{name}'{hint} (available: {', '.join(METHODS)})")
 
 
-def load(name: str):
-    """The method's module (with ``Config``, ``SPEC``, ``build``)."""
+def load(name: str) -> MethodSpec:
+    """The method's declaration (its module's ``SPEC``), checked against the contract."""
     check_names([name])
-    return importlib.import_module(METHODS[name][0])
+    return check_spec(getattr(importlib.import_module(METHODS[name][0]), "SPEC", None), name)

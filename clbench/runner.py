@@ -94,9 +94,9 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def selection_grid(module) -> list[dict[str, Any]]:
+def selection_grid(spec) -> list[dict[str, Any]]:
     """Every combination of the tuned values; empty when nothing is tuned (nothing to select)."""
-    tuned = module.SPEC.tuned
+    tuned = spec.tuned
     if not tuned:
         return []  # itertools.product() of nothing is one empty combination: a pointless search
     return [dict(zip(tuned, values, strict=True)) for values in itertools.product(*tuned.values())]
@@ -110,26 +110,33 @@ def methods_of(rc: RunConfig) -> tuple[str, ...]:
     return tuple(rc.methods) + extra
 
 
+def method_config(rc: RunConfig, method: str, extra: dict[str, Any] | None = None):
+    """``method``'s Config in this run: the profile's, the run's overrides, then ``extra`` (a selected value).
+    The runner's one place for it: jobs carry the result."""
+    return resolve_method_config(registry.load(method), rc.profile, {**rc.method_overrides.get(method, {}),
+                                                                     **(extra or {})})
+
+
 def plan(rc: RunConfig) -> list[Cell]:
     """Every cell of the run, in order (methods x lengths x seeds); resolves configs, so typos fail here."""
     validate(rc)
     cells = []
     for method in methods_of(rc):
-        module = registry.load(method)
-        cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+        spec = registry.load(method)
+        cfg = method_config(rc, method)
         chash = config_hash(method, rc.profile, cfg)
-        grid = selection_grid(module) if rc.select else []
+        grid = selection_grid(spec) if rc.select else []
         meta = None
-        if module.SPEC.meta_learned:
+        if spec.meta_learned:
             from clbench.metatrain import identity
 
-            meta = identity(method, cfg, rc.profile)
+            meta = identity(spec, cfg, rc.profile)
         for n in rc.lengths:
             for seed in rc.seeds:
                 request = {"method": method, "config": chash, "n": n, "seed": seed, "select": rc.select,
                            "val_seeds": rc.val_seeds if rc.select else 0, "matrix": n <= rc.matrix_max}
                 ident = {**request, "protocol": PROTOCOL, "version": PROTOCOL_VERSION,
-                         "algorithm": module.SPEC.version, "meta": meta, "grid": grid}
+                         "algorithm": spec.version, "meta": meta, "grid": grid}
                 series = {k: v for k, v in ident.items() if k not in ("n", "seed", "matrix")}
                 cells.append(Cell(method, n, seed, chash, _hash(ident), _hash(request), _hash(series), ident))
     return cells
@@ -162,10 +169,9 @@ def _checkpoints(rc: RunConfig, methods) -> dict[str, str | None]:
 
     out = {}
     for method in methods:
-        module = registry.load(method)
-        if module.SPEC.meta_learned:
-            cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
-            out[method] = cached_hash(method, cfg, _meta_context(rc))
+        spec = registry.load(method)
+        if spec.meta_learned:
+            out[method] = cached_hash(spec, method_config(rc, method), _meta_context(rc))
     return out
 
 
@@ -178,10 +184,9 @@ def meta_training_ahead(rc: RunConfig, todo: list[Cell]) -> list[str]:
     out = []
     waiting = [m for m, h in _checkpoints(rc, dict.fromkeys(c.method for c in todo)).items() if h is None]
     for method in waiting:
-        module = registry.load(method)
-        cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
+        cfg = method_config(rc, method)
         configure(rc.threads, rc.device)
-        seconds = estimate_seconds(method, cfg, _meta_context(rc))
+        seconds = estimate_seconds(registry.load(method), cfg, _meta_context(rc))
         out.append(f"{method} [{rc.profile}] has no meta-trained checkpoint here: the run meta-trains it first, "
                    f"{cfg.meta_steps} outer steps, about {seconds / 60:.0f} min on {rc.device} with {rc.threads} "
                    f"thread(s) (timed over a few steps now)")
@@ -215,11 +220,11 @@ def _jobs(rc: RunConfig, method: str, seed: int, lengths, extra: dict[str, Any] 
     """One job over all ``lengths`` when the method is nested (one pass serves them all), else one each.
     A validation job fills no accuracy matrix and scores the training images only (what selection reads)."""
     lengths = sorted(set(lengths))
-    groups = [tuple(lengths)] if registry.load(method).SPEC.nested else [(n,) for n in lengths]
-    overrides = {**rc.method_overrides.get(method, {}), **(extra or {})}
-    return [Job(method=method, profile=rc.profile, overrides=overrides, lengths=g, seed=seed, device=rc.device,
+    groups = [tuple(lengths)] if registry.load(method).nested else [(n,) for n in lengths]
+    cfg = method_config(rc, method, extra)
+    return [Job(method=method, profile=rc.profile, config=cfg, lengths=g, seed=seed, device=rc.device,
                 data_root=rc.data_root, cache_dir=str(default_cache_dir()),
-                matrix_max=0 if validation else rc.matrix_max, threads=rc.threads,
+                matrix_max=0 if validation else rc.matrix_max, threads=rc.threads, fast=rc.fast,
                 splits=("train",) if validation else ("train", "test")) for g in groups]
 
 
@@ -244,16 +249,15 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
     selection resumes where it stopped; each choice (grid, validation seeds, scores, winner) goes to
     ``selection.jsonl``.
     """
-    module = registry.load(method)
-    grid = selection_grid(module)
+    spec = registry.load(method)
+    grid = selection_grid(spec)
     if not grid:
         return {n: {} for n in lengths}
-    cfg = resolve_method_config(module, rc.profile, rc.method_overrides.get(method))
-    chash = config_hash(method, rc.profile, cfg)
+    chash = config_hash(method, rc.profile, method_config(rc, method))
     val_seeds = [VALIDATION_SEED_BASE + i for i in range(rc.val_seeds)]
     # Scores stand for the code and checkpoint that made them: another algorithm version, recipe or
     # checkpoint (None: not made yet, so nothing stored can match) scores anew.
-    ident = {"method": method, "config": chash, "algorithm": module.SPEC.version,
+    ident = {"method": method, "config": chash, "algorithm": spec.version,
              "checkpoint": _checkpoints(rc, [method]).get(method)}
 
     def key(g: dict, seed: int, n: int) -> str:
@@ -273,7 +277,9 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
         ident["checkpoint"] = outcomes[0].checkpoint_hash  # the one this run uses (maybe just made)
         recs = [{"key": key(g, seed, o.n_classes), "method": method, "config_hash": chash, "values": g,
                  "seed": seed, "n_classes": o.n_classes, "status": o.status,
-                 "train_acc": o.acc["train"] if o.status == "ok" else -math.inf} for o in outcomes]
+                 "train_acc": o.acc["train"] if o.status == "ok" else -math.inf,
+                 "train_seconds": round(o.train_seconds, 3), "eval_seconds": round(o.eval_seconds, 3)}
+                for o in outcomes]
         validation.append_json(recs)
         scores.update((r["key"], r["train_acc"]) for r in recs)
         shown = " ".join(f"n={r['n_classes']}:{r['train_acc']:.3f}" for r in recs)
@@ -284,7 +290,7 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
         table = [[scores[key(g, seed, n)] for seed in val_seeds] for g in grid]
         best, means = _winner(grid, table)
         chosen[n] = grid[best]
-        edges = grid_edges(module.SPEC.tuned, grid[best])
+        edges = grid_edges(spec.tuned, grid[best])
         if edges and jobs:
             progress(f"  warning: {method} n={n}: {', '.join(edges)} of its grid was chosen; a better value may "
                      "lie beyond it")
@@ -298,8 +304,7 @@ def select(rc: RunConfig, store_dir: Path, method: str, lengths, progress) -> di
 
 
 def rows_for(rc: RunConfig, cell: Cell, selected: dict[str, Any], outcome: Outcome, record: dict) -> list[Row]:
-    module = registry.load(cell.method)
-    cfg = resolve_method_config(module, rc.profile, {**rc.method_overrides.get(cell.method, {}), **selected})
+    cfg = method_config(rc, cell.method, selected)
     R = outcome.matrix
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     src = record["source"]

@@ -23,7 +23,7 @@ EVAL_BATCH = 1024
 class Job:
     method: str
     profile: str
-    overrides: dict[str, Any]  # config fields set on top of the profile (file, CLI, selection)
+    config: Any  # the method's resolved Config (profile, file, CLI and selection applied): never resolved again
     # Lengths to evaluate, ascending. Several only for methods whose SPEC says they are nested: a run of
     # length n is then exactly the first n experiences of the longest run, so one pass serves them all.
     lengths: tuple[int, ...]
@@ -36,6 +36,7 @@ class Job:
     splits: tuple[str, ...] = ("train", "test")  # evaluated at each length (selection needs "train" only)
     # Torch threads: fixed per job because a different thread count changes the bits of the result.
     threads: int = 1
+    fast: bool = True  # the speed layers of clbench.fast (same results); False: the plain definitions
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,18 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def predict(strategy, x, device: str):
-    """Logits for float images ``x`` [n, 1, H, W] (CPU), in batches, through the strategy's own path."""
+def predict(spec, strategy, x, device: str):
+    """Logits for float images ``x`` [n, 1, H, W] (CPU), in batches, through the method's own prediction
+    (``spec.predict``) or else the model's forward in eval mode."""
     import torch
 
-    custom = getattr(strategy, "predict", None)
     out = []
     with torch.no_grad():
-        if custom is None:
+        if spec.predict is None:
             strategy.model.eval()
         for i in range(0, len(x), EVAL_BATCH):
             xb = x[i:i + EVAL_BATCH]
-            logits = custom(xb) if custom is not None else strategy.model(xb.to(device))
+            logits = spec.predict(strategy, xb) if spec.predict is not None else strategy.model(xb.to(device))
             out.append(logits.float().cpu())
     return torch.cat(out)
 
@@ -95,7 +96,6 @@ def run_job(job: Job) -> list[Outcome]:
     from avalanche.training.determinism.rng_manager import RNGManager
 
     from clbench import registry
-    from clbench.config import resolve_method_config
     from clbench.data import loaded
     from clbench.process import configure
     from clbench.streams import make_trajectory, to_avalanche, to_tensor
@@ -103,12 +103,10 @@ def run_job(job: Job) -> list[Outcome]:
     configure(job.threads, job.device)
     # Avalanche 0.6 warns about its own deprecated internals on every experience.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
-    module = registry.load(job.method)
-    if len(job.lengths) > 1 and not module.SPEC.nested:
+    spec = registry.load(job.method)
+    if len(job.lengths) > 1 and not spec.nested:
         raise ValueError(f"{job.method} is not nested: one length per job")
-    cfg = resolve_method_config(module, job.profile, job.overrides)
-    size = module.image_size(cfg) if hasattr(module, "image_size") else 28
-    data = loaded(job.data_root, size)
+    data = loaded(job.data_root, spec.image_size(job.config))
     n_max = max(job.lengths)
     traj = make_trajectory(data.evaluation, n_max, job.seed, job.classes_per_exp)
     bench = to_avalanche(traj)
@@ -116,8 +114,9 @@ def run_job(job: Job) -> list[Outcome]:
     RNGManager.set_random_seeds(job.seed)
     ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=job.classes_per_exp, seed=job.seed,
                                 device=job.device, profile=job.profile, data_root=job.data_root,
-                                cache_dir=Path(job.cache_dir) if job.cache_dir else None, meta_train=True)
-    strategy = module.build(cfg, ctx)
+                                cache_dir=Path(job.cache_dir) if job.cache_dir else None, meta_train=True,
+                                fast=job.fast)
+    strategy = spec.build(job.config, ctx)
 
     x_test, y_test = to_tensor(traj.test_images), torch.from_numpy(traj.test_labels)
     x_train, y_train = to_tensor(traj.train_images), torch.from_numpy(traj.train_labels)
@@ -144,18 +143,18 @@ def run_job(job: Job) -> list[Outcome]:
             if split not in job.splits:
                 continue
             x, y = x[y < n], y[y < n]
-            logits = predict(strategy, x, job.device)
+            logits = predict(spec, strategy, x, job.device)
             acc[split] = accuracy(logits, y)
             diverged |= acc[split] is None
             n_samples[split] = len(y)
-            if hasattr(strategy, "report"):
-                extra[split] = dict(strategy.report(x, y))
+            if spec.report is not None:
+                extra[split] = dict(spec.report(strategy, x, y))
         outcomes.append(Outcome(
             n_classes=n, status="diverged" if diverged else "ok", acc=acc, n_samples=n_samples,
             matrix=None if matrix is None or n > job.matrix_max else [row[:] for row in matrix[:prefix.n_experiences]],
             train_seconds=t0 - start - paused, eval_seconds=time.perf_counter() - t0,
             peak_mem_mb=_peak_mem_mb(job.device), stream_hash=prefix.hash, data_hash=data.content_hash,
-            checkpoint_hash=getattr(strategy, "checkpoint_hash", None), extra=extra,
+            checkpoint_hash=strategy.checkpoint_hash if spec.meta_learned else None, extra=extra,
             threads=torch.get_num_threads()))
 
     meter = ExperienceMeter(f"{job.method} seed {job.seed}", traj.n_experiences)
@@ -167,7 +166,7 @@ def run_job(job: Job) -> list[Outcome]:
         seen = traj.experience_classes(t).stop
         if matrix is not None and seen <= job.matrix_max:
             mask = y_test < seen
-            correct = (predict(strategy, x_test[mask], job.device).argmax(1) == y_test[mask]).float()
+            correct = (predict(spec, strategy, x_test[mask], job.device).argmax(1) == y_test[mask]).float()
             exp_of = y_test[mask] // job.classes_per_exp
             matrix.append([correct[exp_of == u].mean().item() for u in range(t + 1)])
         paused += time.perf_counter() - t0
@@ -175,9 +174,8 @@ def run_job(job: Job) -> list[Outcome]:
             evaluate(seen)
             paused += outcomes[-1].eval_seconds
 
-    fit = getattr(module, "fit", None)
-    if fit is not None:
-        fit(strategy, bench, after_experience)
+    if spec.fit is not None:
+        spec.fit(strategy, bench, after_experience)
     else:
         for t, exp in enumerate(bench.train_stream):
             strategy.train(exp)

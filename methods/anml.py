@@ -1,24 +1,19 @@
 """ANML: A Neuromodulated Meta-Learning algorithm (Beaulieu et al., ECAI 2020, arXiv:2002.09571).
 
-A neuromodulatory (NM) net reads the image and emits a sigmoid gate that multiplies, element-wise,
-the last conv features of a prediction learning network (PLN) before its Linear head. The gate
-decides which features an image may use and hence which weights its gradient may change: selective
-plasticity, meta-learned against forgetting.
+A neuromodulatory (NM) net reads the image and emits a sigmoid gate that multiplies, element-wise, the
+last conv features of a prediction learning network (PLN) before its Linear head. The gate decides which
+features an image may use and hence which weights its gradient may change: selective plasticity,
+meta-learned against forgetting.
 
-- Meta-training (background pool, clbench/metatrain.py): per outer step one class, 20 inner SGD steps
-  at batch size 1 on its drawings update the whole PLN (convs, norms, head); the meta-loss on those
-  20 + 64 random background images trains the NM net *and* the PLN's initial weights (Adam).
-- Meta-test (this strategy): the NM net and the PLN convs are frozen; the head is re-initialised
-  (kaiming, bias 0) and alone learns the stream in one pass at batch size 1.
+- Meta-training (``meta_loss``, on the background pool; ``clbench.metatrain`` draws the data and steps
+  Adam): per outer step one class; 20 SGD steps at batch size 1 on its drawings update the whole PLN
+  (convs, norms, head); the cross-entropy after them on those 20 + 64 random background images (the
+  remember set) trains the NM net *and* the PLN's initial weights.
+- Meta-test (``build``): the NM net and the PLN convs are frozen; the head is re-initialised (kaiming,
+  bias 0) and alone learns the stream in one pass at batch size 1.
 
-Meta-training cost per outer step on the 2-core development CPU (real background pool, both threads;
-results/perf-meta.md): paper size (6.05 M parameters) 0.84 s second order, 0.55 s first order (0.91-0.97 s
-and 0.58 s in the shared VM's slower hours), so 20,000 steps take 3-5.4 hours, a GPU job. Second order,
-the 20 batch-1 inner steps take 0.16 s and their second derivatives 0.27 s; the 84-image meta-loss through
-the 256-channel PLN, which first order does not avoid either, 0.33 s (convolutions near the CPU's peak);
-the gate 0.04 s (phases timed on the development CPU at 200 GFLOP/s). The ci profile's network costs
-about 0.13 s per step on one thread (400 steps: about a minute), the default profile's about 0.24 s
-(1,000 steps: 4 min).
+Read with REFERENCE.md, which says where the released code departs from the paper (first order, Adam at
+meta-test, the 1000-unit head) and which choice each setting below follows.
 """
 
 from __future__ import annotations
@@ -26,8 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from clbench.blocks import ADAM_LR_GRID, meta_test_strategy, predict_in_chunks, reset_rows
 from clbench.config import Count, Natural, Optimizer, Positive, Range
-from clbench.registry import BuildContext, MethodSpec
+from clbench.fast.metagrad import chunk_for
+from clbench.metatrain import Recipe, ensure_checkpoint
+from clbench.registry import BuildContext, MetaLearning, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -51,69 +54,133 @@ class Config:
     checkpoint_every: Count = 500  # resumable saves; does not change the weights
 
 
-# The reference's meta-test grid for Adam (ANML ref code evaluate_classification.py, 14 values from
-# 1e-3 to 1e-5) plus larger steps for the narrower ci/default networks, which chose the largest value
-# of the grid at 10 classes while it ended at 1e-2.
-LR_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 6e-4, 4e-4, 3.5e-4, 3e-4, 2.5e-4, 2e-4, 1.5e-4, 1e-4, 9e-5, 8e-5, 6e-5, 3e-5,
-           1e-5)
-
-# nested: one pass, a fixed 1000-unit head; a run of length n is the start of any longer one.
-SPEC = MethodSpec(name="anml", config=Config, tuned={"lr": LR_GRID}, meta_learned=True, nested=True)
-
-# Reduced widths and steps for a CPU, and a 3x larger meta step than the reference's: a short run
-# barely moves at 1e-3. Measured test accuracy on 10/50-class trajectories, 3 seeds (naive and EWC stay
-# at or below 0.22 / 0.05): ci 0.63 / 0.25 (0.48 / 0.34 at meta_lr 1e-3; 0.33 / 0.47 at lr 3e-3),
-# default 0.73 / 0.65 (0.69 / 0.47 at meta_lr 1e-3).
-PROFILES: dict[str, dict] = {
+# Reduced widths and steps for a CPU, and a 3x larger meta step than the reference's: a short run barely
+# moves at 1e-3.
+PROFILES = {
     "ci": dict(nm_channels=16, pln_channels=32, meta_steps=400, meta_lr=3e-3, lr=1e-2),
     "default": dict(nm_channels=32, pln_channels=64, meta_steps=1000, meta_lr=3e-3, lr=3e-3),
     "paper": dict(),  # the Config defaults are the reference settings
 }
 
 
-def meta_recipe(cfg: Config):
-    from clbench.metatrain import Recipe, chunk_for
-    from clbench.methods._metanets import ANMLNet
 
-    return Recipe(method="anml", arch=_arch(cfg), image_size=28, steps=cfg.meta_steps, inner_lr=cfg.inner_lr,
-                  meta_lr=cfg.meta_lr, inner_images=cfg.inner_images, remember=cfg.remember,
-                  first_order=cfg.first_order, seed=cfg.meta_seed, make_model=ANMLNet,
-                  meta_chunk=chunk_for(cfg.pln_channels * 26 * 26, cfg.inner_images + cfg.remember))
+# ---------------------------------------------------------------------------------------------- network
+def conv_blocks(in_channels: int, channels: int) -> nn.Sequential:
+    """3 x (3x3 valid conv -> InstanceNorm(affine) -> ReLU), a 2x2 max-pool after blocks 1 and 2.
+
+    28x28 -> 26 -> 13 -> 11 -> 5 -> 3, so ``9 * channels`` features. The reference's BatchNorm runs in
+    training mode on single images, which is exactly InstanceNorm2d(affine=True) (REFERENCE.md). Max-pool
+    and ReLU commute, so the pool comes first (the ReLU then touches a quarter of the values); module
+    indices, and so checkpoints, are those of the reference order.
+    """
+    layers: list[nn.Module] = []
+    c = in_channels
+    for i in range(3):
+        layers += [nn.Conv2d(c, channels, 3), nn.InstanceNorm2d(channels, affine=True)]
+        layers += [nn.MaxPool2d(2), nn.ReLU()] if i < 2 else [nn.ReLU()]
+        c = channels
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
 
 
-def _arch(cfg: Config) -> dict:
+class PLN(nn.Module):
+    """The prediction learning network: conv features, times the NM gate, -> Linear head."""
+
+    factored_head = True  # ``forward(..., head=False)`` stops before the head (used by clbench.fast.metagrad)
+
+    def __init__(self, in_channels: int, channels: int, n_outputs: int):
+        super().__init__()
+        self.features = conv_blocks(in_channels, channels)
+        self.head = nn.Linear(9 * channels, n_outputs)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, head: bool = True) -> torch.Tensor:
+        h = self.features(x) * gate
+        return self.head(h) if head else h
+
+
+class ANMLNet(nn.Module):
+    """The NM net gates the PLN's last features. ``context`` is what the inner loop never changes (the
+    image and its gate); ``learner`` is what it adapts (the whole PLN)."""
+
+    def __init__(self, in_channels: int = 3, nm_channels: int = 112, pln_channels: int = 256, n_outputs: int = 1000):
+        super().__init__()
+        self.in_channels = in_channels
+        self.nm = conv_blocks(in_channels, nm_channels)
+        self.gate = nn.Linear(9 * nm_channels, 9 * pln_channels)
+        self.learner = PLN(in_channels, pln_channels, n_outputs)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.learner.head
+
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[1] == 1 and self.in_channels > 1:  # the reference nets read the grey image 3 times
+            x = x.expand(-1, self.in_channels, -1, -1)
+        return x, torch.sigmoid(self.gate(self.nm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.learner(*self.context(x))
+
+
+# ------------------------------------------------------------------------------------- meta-training
+def meta_loss(model: ANMLNet, x: torch.Tensor, y: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """One outer step's meta-loss. ``x``: the class's ``r.inner_images`` drawings in a random order, then
+    the remember set; ``y``: their background class indices.
+
+    Inner loop: one SGD step per drawing, at batch size 1, on the PLN's parameters (the gate of each image
+    is computed by the NM net, which the inner loop leaves alone). Meta-loss: the cross-entropy of the
+    adapted PLN on all of ``x``. Second order, the meta-gradient flows through every inner step; first
+    order (the released code), the inner steps are constants and the adapted weights move with the slow
+    ones one for one.
+    """
+    images, gate = model.context(x)
+    slow = dict(model.learner.named_parameters())
+    fast = slow
+    for i in range(r.inner_images):
+        if r.first_order:
+            fast = {k: w.detach().requires_grad_() for k, w in fast.items()}
+        one = (images[i:i + 1], gate[i:i + 1].detach() if r.first_order else gate[i:i + 1])
+        loss = F.cross_entropy(functional_call(model.learner, fast, one), y[i:i + 1])
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not r.first_order)
+        fast = {k: w - r.inner_lr * g for (k, w), g in zip(fast.items(), grads, strict=True)}
+    if r.first_order:
+        fast = {k: slow[k] + (fast[k] - slow[k]).detach() for k in slow}
+    return F.cross_entropy(functional_call(model.learner, fast, (images, gate)), y)
+
+
+def arch(cfg: Config) -> dict:
     return dict(in_channels=cfg.in_channels, nm_channels=cfg.nm_channels, pln_channels=cfg.pln_channels,
                 n_outputs=cfg.n_outputs)
 
 
+def recipe(cfg: Config) -> Recipe:
+    return Recipe(method="anml", arch=arch(cfg), image_size=28, steps=cfg.meta_steps, inner_lr=cfg.inner_lr,
+                  meta_lr=cfg.meta_lr, inner_images=cfg.inner_images, remember=cfg.remember,
+                  first_order=cfg.first_order, seed=cfg.meta_seed, make_model=ANMLNet, objective=meta_loss,
+                  meta_chunk=chunk_for(cfg.pln_channels * 26 * 26, cfg.inner_images + cfg.remember))
+
+
+# ----------------------------------------------------------------------------------------- meta-test
 def build(cfg: Config, ctx: BuildContext):
-    import torch
-
-    from clbench.metatrain import ensure_checkpoint
-    from clbench.methods._metanets import ANMLNet, build_meta_test, reset_rows
-
     if ctx.n_classes > cfg.n_outputs:
         raise ValueError(f"ANML's head has {cfg.n_outputs} outputs, fewer than the {ctx.n_classes} classes")
-    state, checkpoint_hash = ensure_checkpoint("anml", cfg, ctx, allow_training=ctx.meta_train)
-    model = ANMLNet(**_arch(cfg))
+    state, checkpoint_hash = ensure_checkpoint(SPEC, cfg, ctx, allow_training=ctx.meta_train)
+    model = ANMLNet(**arch(cfg))
     model.load_state_dict(state)
     # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
-    return build_meta_test(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
+    return meta_test_strategy(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
 
 
-def run_jobs(jobs):
-    """Many meta-test trajectories at once on cached frozen features, with ``run_job``'s outcomes
-    (methods/_fastmeta.py); yields (index into jobs, outcomes)."""
-    from clbench.methods._fastmeta import run_jobs as run_fast
-
-    return run_fast(jobs, _split)
-
-
-def _split(model):
-    """What meta-test leaves frozen (image -> the head's input: PLN features times the NM gate) and trains."""
+def split(model: ANMLNet):
+    """What meta-test leaves frozen (image -> the head's input: PLN features times the gate) and trains."""
     def frozen(x):
         x, gate = model.context(x)
-        return model.learner.features(x) * gate
+        return model.learner(x, gate, head=False)
 
     return frozen, [model.head]
+
+
+# nested: one pass, a fixed 1000-unit head; a run of length n is the start of any longer one.
+SPEC = MethodSpec(name="anml", config=Config, build=build, profiles=PROFILES, tuned={"lr": ADAM_LR_GRID}, nested=True,
+                  predict=predict_in_chunks, meta=MetaLearning(recipe=recipe, split=split))

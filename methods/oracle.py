@@ -22,19 +22,19 @@ class Config:
     width: Count = 64
 
 
-SPEC = MethodSpec(name="oracle", config=Config)
-
-
 def build(cfg: Config, ctx: BuildContext):
     from avalanche.training.supervised import JointTraining
 
-    from clbench.methods._common import convnet, lean_kwargs, optimizer
+    from clbench.blocks import convnet, optimizer, strategy_kwargs
 
     model = convnet(ctx.n_classes, cfg.width)
     return JointTraining(model=model, optimizer=optimizer(cfg.optimizer, model.parameters(), cfg.lr),
-                         train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **lean_kwargs(ctx))
+                         train_mb_size=cfg.train_mb_size, train_epochs=cfg.train_epochs, **strategy_kwargs(ctx))
 
 
 def fit(strategy, benchmark, after_experience=None) -> None:
     """Joint training takes the whole stream at once; there is no per-experience state to report."""
     strategy.train(benchmark.train_stream)
+
+
+SPEC = MethodSpec(name="oracle", config=Config, build=build, fit=fit)

@@ -5,16 +5,16 @@ Tiny networks keep this fast: about 40 s in all on 2 cores. Needs the Omniglot c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
 import pytest
 import torch
 
-from clbench import metatrain
-from clbench.metatrain import Recipe, load_pool, meta_objective, sample_task
-from clbench.methods._metanets import ANMLNet, OMLNet, init_kaiming
+from clbench import cli, metatrain
+from clbench.blocks import init_kaiming
+from clbench.metatrain import Recipe, load_pool, sample_task
+from clbench.methods import anml, oml
 from clbench.registry import BuildContext
 
 ANML_TINY = dict(in_channels=3, nm_channels=8, pln_channels=16, n_outputs=1000)
@@ -30,9 +30,10 @@ def pool():
 
 
 def _recipe(method="oml", steps=6, **kw) -> Recipe:
-    make, arch = (ANMLNet, ANML_TINY) if method == "anml" else (OMLNet, OML_TINY)
+    module, arch = (anml, ANML_TINY) if method == "anml" else (oml, OML_TINY)
+    make = module.ANMLNet if method == "anml" else module.OMLNet
     base = dict(method=method, arch=arch, image_size=28, steps=steps, inner_lr=0.1, meta_lr=1e-3, inner_images=5,
-                remember=8, first_order=False, seed=3, make_model=make)
+                remember=8, first_order=False, seed=3, make_model=make, objective=module.meta_loss)
     return Recipe(**{**base, **kw})
 
 
@@ -49,7 +50,7 @@ def _held_out_meta_loss(model, pool, r: Recipe, n_tasks: int = 8) -> float:
     for _ in range(n_tasks):
         m = copy.deepcopy(model)
         x, y = sample_task(m, pool[0], gen, r)
-        total += float(meta_objective(m, x, y, r).detach())
+        total += float(r.objective(m, x, y, r).detach())
     return total / n_tasks
 
 
@@ -119,11 +120,9 @@ def test_interrupted_meta_training_resumes_to_identical_weights(pool, tmp_path, 
 
 
 def test_ensure_checkpoint_caches_by_meta_training_fields_only(tmp_path):
-    from clbench.methods import oml
-
     cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4, lr=1e-2)
     ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=tmp_path)
-    state, h = metatrain.ensure_checkpoint("oml", cfg, ctx, progress=False)
+    state, h = metatrain.ensure_checkpoint(oml.SPEC, cfg, ctx, progress=False)
     (d,) = (tmp_path / "checkpoints").iterdir()
     meta = json.loads((d / "model.json").read_text())
     assert meta["checkpoint_hash"] == h == metatrain.weights_hash(state)
@@ -131,33 +130,32 @@ def test_ensure_checkpoint_caches_by_meta_training_fields_only(tmp_path):
     mtime = (d / "model.safetensors").stat().st_mtime_ns
 
     # A meta-test field (lr) reuses the checkpoint; a meta-training field or the profile does not.
-    assert metatrain.ensure_checkpoint("oml", dataclasses.replace(cfg, lr=1e-4), ctx, progress=False)[1] == h
+    assert metatrain.ensure_checkpoint(oml.SPEC, dataclasses.replace(cfg, lr=1e-4), ctx, progress=False)[1] == h
     assert (d / "model.safetensors").stat().st_mtime_ns == mtime
-    metatrain.ensure_checkpoint("oml", dataclasses.replace(cfg, meta_seed=1), ctx, progress=False)
-    metatrain.ensure_checkpoint("oml", cfg, dataclasses.replace(ctx, profile="default"), progress=False)
+    metatrain.ensure_checkpoint(oml.SPEC, dataclasses.replace(cfg, meta_seed=1), ctx, progress=False)
+    metatrain.ensure_checkpoint(oml.SPEC, cfg, dataclasses.replace(ctx, profile="default"), progress=False)
     assert len(list((tmp_path / "checkpoints").iterdir())) == 3
 
 
 def test_meta_train_command(tmp_path, capsys):
-    args = argparse.Namespace(method="oml", steps=2, device="cpu", profile="ci", data_root=None, seed=5,
-                              cache_dir=tmp_path, set=["channels=8", "inner_images=2"])
-    assert metatrain.main(args) == 0
+    args = ["meta-train", "--method", "oml", "--steps", "2", "--profile", "ci", "--seed", "5",
+            "--cache-dir", str(tmp_path), "--set", "channels=8", "--set", "inner_images=2"]
+    assert cli.main(args) == 0
     out = capsys.readouterr()
     assert "checkpoint" in out.out and "step 2/2" in out.err
     (d,) = (tmp_path / "checkpoints").iterdir()
     key = json.loads((d / "model.json").read_text())["key"]
     assert (key["steps"], key["seed"], key["arch"]["channels"], key["inner_images"]) == (2, 5, 8, 2)
 
-    assert metatrain.main(argparse.Namespace(**{**vars(args), "method": "naive"})) == 2
-    assert metatrain.main(argparse.Namespace(**{**vars(args), "set": ["nonsense=1"]})) == 2
-    assert metatrain.main(argparse.Namespace(**{**vars(args), "set": ["inner_images=21"]})) == 2
-    assert metatrain.main(argparse.Namespace(**{**vars(args), "device": "gpu"})) == 2
+    assert cli.main([*args, "--method", "naive"]) == 2
+    assert cli.main([*args, "--set", "nonsense=1"]) == 2
+    assert cli.main([*args, "--set", "inner_images=21"]) == 2
+    assert cli.main([*args, "--device", "gpu"]) == 2
     assert "device 'gpu': not a torch device" in capsys.readouterr().err
 
 
 def test_a_build_from_python_refuses_to_meta_train_and_names_the_command(tmp_path):
     from clbench.errors import UsageError
-    from clbench.methods import oml
 
     cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4)
     ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=tmp_path)
@@ -168,3 +166,52 @@ def test_a_build_from_python_refuses_to_meta_train_and_names_the_command(tmp_pat
     assert "BuildContext(meta_train=True)" in str(e.value) and not (tmp_path / "checkpoints").exists()
     strategy = oml.build(cfg, dataclasses.replace(ctx, meta_train=True))  # allowed: it meta-trains, then builds
     assert strategy.checkpoint_hash and (tmp_path / "checkpoints").exists()
+
+
+def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch):
+    """A checkpoint exported from one cache installs in another, where a build finds it without meta-training;
+    a damaged file or another dataset's checkpoint is refused in one line, and nothing is installed."""
+    from clbench import checkpoints
+
+    cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4)
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=made)
+    state, h = metatrain.ensure_checkpoint(oml.SPEC, cfg, ctx, progress=False)
+
+    assert cli.main(["checkpoints", "export", str(tmp_path / "out"), "oml", "--cache-dir", str(made)]) == 0
+    (file,) = (tmp_path / "out").iterdir()
+    assert cli.main(["checkpoints", "import", str(file), "--cache-dir", str(elsewhere)]) == 0
+    there = dataclasses.replace(ctx, cache_dir=elsewhere)
+    state2, h2 = metatrain.ensure_checkpoint(oml.SPEC, cfg, there, allow_training=False)
+    assert h2 == h and all(torch.equal(state[k], state2[k]) for k in state)
+    meta = json.loads((metatrain.locate(oml.SPEC, cfg, there)[2] / "model.json").read_text())
+    assert meta["meta_loss"] and meta["device"] == "cpu" and meta["steps_done"] == 2 and "clbench_version" in meta
+    assert cli.main(["checkpoints", "import", str(file), "--cache-dir", str(elsewhere)]) == 0  # again: no change
+    assert cli.main(["checkpoints", "ls", "--cache-dir", str(elsewhere)]) == 0
+    assert f"| {h}" in capsys.readouterr().out
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(file), framework="pt") as f:
+        header = f.metadata()
+    weights = load_file(str(file))
+    damaged = tmp_path / "damaged.safetensors"
+    save_file({k: v + (k == "learner.0.bias") for k, v in weights.items()}, str(damaged), metadata=header)
+    other = tmp_path / "other-data.safetensors"
+    info = json.loads(header["clbench"])
+    info["key"]["data"] = "0" * 16
+    info["key_hash"] = metatrain.key_hash(info["key"])
+    save_file(weights, str(other), metadata={"clbench": json.dumps(info)})
+    fresh = tmp_path / "fresh"
+    assert cli.main(["checkpoints", "import", str(damaged), "--cache-dir", str(fresh)]) == 2
+    assert cli.main(["checkpoints", "import", str(other), "--cache-dir", str(fresh)]) == 2
+    err = capsys.readouterr().err
+    assert "do not match their hash" in err and "meta-trained on data with content hash 0000" in err
+    assert not (fresh / "checkpoints").exists()
+
+    # Committed to the repository: a build in an empty cache installs it instead of meta-training.
+    monkeypatch.setattr(checkpoints, "committed_dirs", lambda: [tmp_path / "out"])
+    empty = dataclasses.replace(ctx, cache_dir=tmp_path / "empty")
+    assert metatrain.cached_hash(oml.SPEC, cfg, empty) == h
+    assert metatrain.ensure_checkpoint(oml.SPEC, cfg, empty, allow_training=False)[1] == h

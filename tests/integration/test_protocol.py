@@ -37,7 +37,7 @@ def test_selection_uses_validation_streams_and_training_accuracy(tmp_path, monke
 
     # A two-value grid keeps the test short; the mechanism is the one every method uses.
     monkeypatch.setattr(naive, "SPEC", naive.SPEC.__class__(
-        name="naive", config=naive.Config, tuned={"lr": (1e-9, 0.001)}))
+        name="naive", config=naive.Config, build=naive.build, tuned={"lr": (1e-9, 0.001)}))
     assert main(["run", "--methods", "naive", "--no-reference", "--lengths", "10", "--seeds", "0",
                  "--val-seeds", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     (rec,) = [json.loads(line) for line in (tmp_path / "selection.jsonl").read_text().splitlines()]
@@ -114,10 +114,14 @@ def test_leaderboard_plot_is_a_png(tmp_path):
 @pytest.mark.parametrize("method", ["naive", "replay"])
 def test_one_nested_pass_equals_separate_runs(data_root, method):
     """Trajectories of a seed are nested, so evaluating length 10 inside a 20-class run is exact."""
+    from clbench import registry
+    from clbench.config import resolve_method_config
     from clbench.trajectory import Job, run_job
 
+    config = resolve_method_config(registry.load(method), "default")
+
     def job(lengths):
-        return Job(method=method, profile="default", overrides={}, lengths=lengths, seed=4, data_root=data_root,
+        return Job(method=method, profile="default", config=config, lengths=lengths, seed=4, data_root=data_root,
                    matrix_max=50, threads=1)
 
     together = {o.n_classes: o for o in run_job(job((10, 20)))}

@@ -23,7 +23,7 @@ MODULES = {"anml": anml, "oml": oml}
 
 
 def ci_config(method: str):
-    return resolve_config(MODULES[method], "ci", {})
+    return resolve_config(MODULES[method].SPEC, "ci", {})
 
 
 def ci_context(n_classes: int, seed: int = 0) -> BuildContext:
@@ -39,7 +39,7 @@ def ci_checkpoints():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {m: ensure_checkpoint(m, ci_config(m), ci_context(1)) for m in MODULES}
+        return {m: ensure_checkpoint(mod.SPEC, ci_config(m), ci_context(1)) for m, mod in MODULES.items()}
     finally:
         torch.set_num_threads(n)
 
@@ -94,7 +94,7 @@ def test_ci_checkpoint_learns_10_classes_online_well_above_chance(method, ci_che
     traj = make_trajectory(omniglot.evaluation, 10, seed=1)
     strategy = MODULES[method].build(ci_config(method), ci_context(10, seed=1))
     _train(strategy, traj)
-    logits = strategy.predict(to_tensor(traj.test_images))
+    logits = MODULES[method].SPEC.predict(strategy, to_tensor(traj.test_images))
     assert logits.shape == (50, 1000)
     acc = float((logits.argmax(1).numpy() == traj.test_labels).mean())
     assert acc >= 0.35, acc
@@ -106,20 +106,18 @@ def test_ci_checkpoint_learns_10_classes_online_well_above_chance(method, ci_che
 
 def test_oml_original_variant_reads_84px_images():
     cfg = dataclasses.replace(oml.Config(), input_size=84, channels=4)
-    assert oml.image_size(cfg) == 84 and oml.image_size(oml.Config()) == 28
-    from clbench.methods._metanets import OMLNet
-
-    net = OMLNet(image_size=84, channels=4, hidden=8)
+    assert oml.SPEC.image_size(cfg) == 84 and oml.SPEC.image_size(oml.Config()) == 28
+    net = oml.OMLNet(image_size=84, channels=4, hidden=8)
     assert net(torch.rand(2, 1, 84, 84)).shape == (2, 1000)
     assert net.rep(torch.rand(1, 1, 84, 84)).shape == (1, 36)  # 3 x 3 x channels, as at 28 px
 
 
 def test_profiles_are_valid_and_paper_is_the_reference():
     for mod in MODULES.values():
-        assert set(mod.PROFILES) == {"ci", "default", "paper"}
-        for p in mod.PROFILES:
-            resolve_config(mod, p, {})  # unknown fields would raise
-        assert mod.PROFILES["paper"] == {}
+        assert set(mod.SPEC.profiles) == {"ci", "default", "paper"}
+        for p in mod.SPEC.profiles:
+            resolve_config(mod.SPEC, p, {})  # unknown fields would raise
+        assert mod.SPEC.profiles["paper"] == {}
     assert anml.Config().meta_steps == 20_000 and anml.Config().inner_lr == 0.1
     assert oml.Config().inner_lr == 0.03 and oml.Config().meta_lr == 1e-4
     assert np.isclose(min(anml.SPEC.tuned["lr"]), 1e-5)

@@ -1,8 +1,6 @@
 """The DGM baseline on real Omniglot: masks keep old classes' images, the generator grows, and the
-generated images alone carry the classes.
-
-Runtime: about 25 s of CPU (one thread; about twice that in wall time on the shared 2-core machine
-under load), most of it the default-length GAN training of the last test.
+generated images alone carry the classes. Most of the time goes to the default-length GAN training of
+the last test.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import torch.nn.functional as F  # noqa: E402
 from avalanche.training.determinism.rng_manager import RNGManager  # noqa: E402
 
 import clbench.methods.dgm as D  # noqa: E402
-from clbench.methods._dgm_nets import jitter  # noqa: E402
 from clbench.registry import BuildContext  # noqa: E402
 from clbench.streams import make_trajectory, to_avalanche, to_tensor  # noqa: E402
 
@@ -89,7 +86,7 @@ def test_classifier_learns_from_generated_images_alone(omniglot):
     for _ in range(300):  # i.i.d. over the 10 classes, generated images only
         y = torch.randint(0, n, (32,))
         s.optimizer.zero_grad()
-        F.cross_entropy(s.solver(jitter(s._generate(y), 1.0)), y).backward()
+        F.cross_entropy(s.solver(D.jitter(s._generate(y), 1.0)), y).backward()
         s.optimizer.step()
     s.model.eval()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The fast ANML/OML meta-test (methods/_fastmeta.py) gives the Avalanche strategy's results.
+"""The fast ANML/OML meta-test (clbench/fast/meta_test.py) gives the Avalanche strategy's results.
 
 Networks are tiny, meta-trained little or not at all, in a temporary cache: ANML's kaiming init already
 learns 8 classes well above chance, OML's needs 200 meta steps (5 s) to. Trajectories are real Omniglot.
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from clbench.config import resolve_method_config
-from clbench.methods import _fastmeta, anml, oml
+from clbench.fast import meta_test as _fastmeta
+from clbench.methods import anml, oml
 from clbench.trajectory import Job, run_job
 
 MODULES = {"anml": anml, "oml": oml}
@@ -32,30 +33,31 @@ def cache(tmp_path_factory):
 
 
 def _job(method: str, cache: str, seed: int = 3, lengths=(4, 8), matrix_max: int = 8, **overrides) -> Job:
-    return Job(method=method, profile="ci", overrides={**TINY[method], **overrides}, lengths=lengths, seed=seed,
-               cache_dir=cache, matrix_max=matrix_max)
+    config = resolve_method_config(MODULES[method].SPEC, "ci", {**TINY[method], **overrides})
+    return Job(method=method, profile="ci", config=config, lengths=lengths, seed=seed, cache_dir=cache,
+               matrix_max=matrix_max)
 
 
 def _reference(job: Job, monkeypatch):
     """``run_job``'s outcomes and the trained layers of the strategy it built."""
     module = MODULES[job.method]
     built = []
-    build = module.build
+    build = module.SPEC.build
 
     def spy(cfg, ctx):
         built.append(build(cfg, ctx))
         return built[-1]
 
     with monkeypatch.context() as m:
-        m.setattr(module, "build", spy)
+        m.setattr(module, "SPEC", dataclasses.replace(module.SPEC, build=spy))
         outcomes = run_job(job)
     trained = [p.detach() for g in built[0].optimizer.param_groups for p in g["params"]]
     return outcomes, trained
 
 
-def _fast(jobs: list[Job]):
+def _fast(jobs: list[Job], batched: bool | None = None):
     weights: dict[int, list[torch.Tensor]] = {}
-    outcomes = _fastmeta._run_batch(jobs, MODULES[jobs[0].method]._split, weights)
+    outcomes = _fastmeta._run_batch(jobs, MODULES[jobs[0].method].split, weights, batched=batched)
     return outcomes, [weights[i] for i in range(len(jobs))]
 
 
@@ -72,8 +74,7 @@ def test_cached_features_train_the_strategys_head(method, optimizer, hidden, cac
     job = _job(method, cache, optimizer=optimizer, lr=LR[method, optimizer], **extra)
     ref, ref_weights = _reference(job, monkeypatch)
     (fast,), (fast_weights,) = _fast([job])
-    start = _fastmeta._replay(MODULES[method], resolve_method_config(MODULES[method], "ci", job.overrides), job,
-                              8, MODULES[method]._split)[2]
+    start = _fastmeta._replay(MODULES[method].SPEC, job, 8, MODULES[method].split)[2]
     assert len(fast_weights) == len(ref_weights) == len(start) == (4 if hidden else 2)
     for r, f, s in zip(ref_weights, fast_weights, start, strict=True):
         torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
@@ -87,14 +88,12 @@ def test_cached_features_train_the_strategys_head(method, optimizer, hidden, cac
 @pytest.mark.parametrize("batched", [False, True])
 def test_trajectories_run_together_as_each_alone(batched, cache, monkeypatch):
     """Step sizes and seeds stacked, one trajectory shorter than the rest (it leaves the stack early)."""
-    monkeypatch.setattr(_fastmeta, "BATCHED", batched)
     jobs = [_job("anml", cache, seed=s, lengths=n, optimizer="adam", lr=lr)
             for s, n in ((0, (6,)), (1, (3, 6))) for lr in (1e-2, 1e-3, 1e-4)]
     jobs.append(_job("anml", cache, seed=2, lengths=(3,), optimizer="adam", lr=3e-3))
-    together, w_together = _fast(jobs)
-    monkeypatch.setattr(_fastmeta, "BATCHED", False)
+    together, w_together = _fast(jobs, batched)
     for job, outcomes, weights in zip(jobs, together, w_together, strict=True):
-        (alone,), (w_alone,) = _fast([job])
+        (alone,), (w_alone,) = _fast([job], batched=False)
         _same_results(alone, outcomes)
         for a, b in zip(w_alone, weights, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
@@ -133,18 +132,19 @@ def test_features_are_cached_on_disk_and_reused(cache, monkeypatch):
 
 
 def test_local_executor_sends_meta_test_jobs_to_the_hook(cache, monkeypatch):
-    from clbench import executors
+    from clbench import executors, registry
 
     jobs = [_job("anml", cache, seed=s, lengths=(2, 4), lr=lr) for s in (0, 1) for lr in (1e-2, 1e-3)]
-    jobs.insert(2, Job(method="naive", profile="ci", overrides={"width": 8}, lengths=(3,), seed=0))
+    naive = resolve_method_config(registry.load("naive"), "ci", {"width": 8})
+    jobs.insert(2, Job(method="naive", profile="ci", config=naive, lengths=(3,), seed=0))
     jobs.append(_job("oml", cache, seed=0, lengths=(3,), lr=1e-3))
     batches = []
     run_batch = _fastmeta._run_batch
-    monkeypatch.setattr(_fastmeta, "_run_batch", lambda js, split: batches.append(len(js)) or run_batch(js, split))
+    monkeypatch.setattr(_fastmeta, "_run_batch",
+                        lambda js, split, batched=None: batches.append(len(js)) or run_batch(js, split))
     fast = dict(executors.local(jobs))
     assert sorted(batches) == [1, 4]  # the four ANML trajectories ran as one batch, OML alone
-    monkeypatch.setenv("CLBENCH_FASTMETA", "0")
-    plain = dict(executors.local(jobs))
+    plain = dict(executors.local([dataclasses.replace(job, fast=False) for job in jobs]))
     assert sorted(fast) == sorted(plain) == list(range(len(jobs)))
     for i in plain:
         _same_results(plain[i], fast[i])
@@ -168,10 +168,9 @@ def test_run_selects_and_stores_the_rows_of_the_plain_path(tmp_path, monkeypatch
     monkeypatch.setenv("CLBENCH_CACHE", str(cache))
 
     def rows(fast: bool):
-        monkeypatch.setenv("CLBENCH_FASTMETA", "1" if fast else "0")
         out = tmp_path / ("fast" if fast else "plain")
         rc = RunConfig(methods=("anml",), lengths=(3, 5), seeds=(0, 1), out=out, profile="ci", reference=False,
-                       val_seeds=1, matrix_max=5, threads=1, method_overrides={"anml": TINY["anml"]})
+                       val_seeds=1, matrix_max=5, threads=1, fast=fast, method_overrides={"anml": TINY["anml"]})
         run(rc, progress=lambda msg: None)
         selection = [json.loads(line)["winner"] for line in (out / "selection.jsonl").read_text().splitlines()]
         return selection, sorted((r.run_id, r.split, r.acc, r.forgetting, r.bwt, r.stream_hash,

@@ -1,7 +1,6 @@
 """The hypernetwork baseline (HNET+ENT) on real Omniglot: regulariser, task inference, batched prediction.
 
-Runtime: 25 s of CPU (one thread; 50 s wall on the shared 2-core dev machine at load 4), most of it the
-three short training runs below (20 epochs per task instead of the default 40).
+Most of the time goes to the three short training runs below (20 epochs per task instead of the default 40).
 """
 
 from __future__ import annotations

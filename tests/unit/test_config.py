@@ -1,4 +1,3 @@
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -29,7 +28,7 @@ class Config:
     plain: float = 1.0
 
 
-MOD = types.SimpleNamespace(Config=Config, SPEC=MethodSpec("toy", Config), PROFILES={"ci": {"width": 8, "lr": 0.5}})
+MOD = MethodSpec("toy", Config, build=lambda cfg, ctx: None, profiles={"ci": {"width": 8, "lr": 0.5}})
 
 
 def test_precedence_defaults_profile_overrides():
@@ -98,8 +97,8 @@ def test_every_method_declares_a_range_for_its_numbers(name):
     import typing
 
     module = registry.load(name)
-    hints = typing.get_type_hints(module.Config, include_extras=True)
-    for f in dataclasses.fields(module.Config):
+    hints = typing.get_type_hints(module.config, include_extras=True)
+    for f in dataclasses.fields(module.config):
         hint = hints[f.name]
         bare = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
         if bare in (int, float):

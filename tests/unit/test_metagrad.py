@@ -1,8 +1,8 @@
-"""Meta-gradients of clbench.metatrain against central finite differences (float64, tiny networks).
+"""ANML's and OML's meta-gradients against central finite differences (float64, tiny networks), and the
+speed layers of clbench.fast (``metagrad``, ``layers``) against the plain definitions they replace.
 
 The second-order meta-gradient must match the numerical derivative of the meta-loss; the first-order
 one (the released ANML code) must not. Also: a batched forward equals the per-image forward.
-Runtime: about 3 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ import dataclasses
 import pytest
 import torch
 
-from clbench.metatrain import Recipe, meta_objective
-from clbench.methods._metanets import ANMLNet, OMLNet, init_kaiming
+from clbench.blocks import init_kaiming
+from clbench.fast import metagrad
+from clbench.fast.layers import Conv2d, MaxPool2, _MaxPool2Grad, accelerate
+from clbench.metatrain import Recipe
+from clbench.methods import anml, oml
+from clbench.methods.anml import ANMLNet
+from clbench.methods.oml import OMLNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -22,6 +27,7 @@ TINY = {
     "anml": (ANMLNet, dict(in_channels=3, nm_channels=2, pln_channels=3, n_outputs=5), 0.5),
     "oml": (OMLNet, dict(image_size=28, channels=4, hidden=4, n_outputs=5), 0.5),
 }
+OBJECTIVE = {"anml": anml.meta_loss, "oml": oml.meta_loss}  # the plain definitions
 
 
 def _setup(method: str, first_order: bool):
@@ -30,7 +36,7 @@ def _setup(method: str, first_order: bool):
     model = make(**arch).double()
     init_kaiming(model, gen)
     r = Recipe(method=method, arch=arch, image_size=28, steps=1, inner_lr=inner_lr, meta_lr=0.0, inner_images=3,
-               remember=2, first_order=first_order, seed=0, make_model=make)
+               remember=2, first_order=first_order, seed=0, make_model=make, objective=OBJECTIVE[method])
     x = torch.rand(5, 1, 28, 28, generator=gen, dtype=torch.float64)
     y = torch.tensor([1, 1, 1, 3, 4])
     return model, r, x, y
@@ -40,14 +46,15 @@ def _directional(model, r, x, y, v, eps=1e-6):
     """(analytic, numerical) derivative of the meta-loss along direction ``v``."""
     params = list(model.parameters())
     model.zero_grad()
-    meta_objective(model, x, y, r).backward()
+    r.objective(model, x, y, r).backward()
     analytic = sum((p.grad * d).sum() for p, d in zip(params, v, strict=True)).item()
-    with torch.no_grad():
-        vals = []
-        for sign in (1, -1):
+    vals = []
+    for sign in (1, -1):
+        with torch.no_grad():
             for p, d in zip(params, v, strict=True):
                 p.add_(sign * eps * d)
-            vals.append(meta_objective(model, x, y, r).item())
+        vals.append(r.objective(model, x, y, r).item())
+        with torch.no_grad():
             for p, d in zip(params, v, strict=True):
                 p.sub_(sign * eps * d)
     return analytic, (vals[0] - vals[1]) / (2 * eps)
@@ -72,10 +79,10 @@ def test_first_order_ignores_the_inner_loops_dependence_on_context_params(method
     # Context parameters (ANML's NM net, OML's representation) still get a gradient through the
     # meta-loss forward, but it differs from the second-order one.
     model, r1, x, y = _setup(method, first_order=True)
-    meta_objective(model, x, y, r1).backward()
+    r1.objective(model, x, y, r1).backward()
     g1 = [p.grad.clone() for n, p in model.named_parameters() if not n.startswith("learner.")]
     model, r2, x, y = _setup(method, first_order=False)
-    meta_objective(model, x, y, r2).backward()
+    r2.objective(model, x, y, r2).backward()
     g2 = [p.grad.clone() for n, p in model.named_parameters() if not n.startswith("learner.")]
     assert sum(a.abs().sum() for a in g1) > 0
     assert any(not torch.allclose(a, b) for a, b in zip(g1, g2, strict=True))
@@ -100,24 +107,26 @@ def test_anml_reference_size_has_6_05_million_parameters():
     assert sum(p.numel() for p in ANMLNet(in_channels=1).parameters()) == 6_048_424 - 2 * 9 * (112 + 256)
 
 
+@pytest.mark.parametrize("method", ["anml", "oml"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_factored_inner_loop_and_chunked_meta_loss_change_no_sum(first_order, monkeypatch):
-    """ANML's inner loop keeps its head as W0 plus a low-rank update (``_inner_loop_factored``) and a
-    large meta-batch runs in chunks: the meta-loss and every meta-gradient are the plain loop's
-    (``_inner_loop``, one batch), to float64 rounding."""
-    from clbench.methods._metanets import ANMLLearner
-
-    def run(factored: bool, chunk: int):
-        monkeypatch.setattr(ANMLLearner, "factored_head", factored)
-        model, r, x, y = _setup("anml", first_order)
+def test_factored_inner_loop_and_chunked_meta_loss_change_no_sum(method, first_order, monkeypatch):
+    """The fast meta-loss (``clbench.fast.metagrad``: ANML's head kept as W0 plus a low-rank update, a large
+    meta-batch in chunks, the CPU kernels of ``clbench.fast.layers``) gives the meta-loss and every
+    meta-gradient of the method's plain ``meta_loss``, to float64 rounding."""
+    def run(fast: bool, factored: bool, chunk: int):
+        model, r, x, y = _setup(method, first_order)
         r = dataclasses.replace(r, meta_chunk=chunk)
-        loss = meta_objective(model, x, y, r)
+        if fast:
+            monkeypatch.setattr(anml.PLN, "factored_head", factored)
+            loss = metagrad.meta_loss(accelerate(model), x, y, r)
+        else:
+            loss = r.objective(model, x, y, r)
         loss.backward()
         return loss.detach(), [p.grad for p in model.parameters()]
 
-    plain_loss, plain = run(False, 0)
-    for factored, chunk in ((True, 0), (False, 2), (True, 2)):
-        loss, grads = run(factored, chunk)
+    plain_loss, plain = run(False, False, 0)
+    for factored, chunk in ((False, 0), (True, 0), (False, 2), (True, 2)):
+        loss, grads = run(True, factored, chunk)
         torch.testing.assert_close(loss, plain_loss, rtol=1e-12, atol=0)
         for a, b in zip(grads, plain, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -138,8 +147,6 @@ def test_max_pool_is_the_kernels_bit_for_bit(shape, monkeypatch):
     indices (first maximum in scan order on ties) and gradients identical; twice differentiable."""
     import torch.nn.functional as F
 
-    from clbench.methods._metanets import MaxPool2, _MaxPool2Grad
-
     monkeypatch.setattr(MaxPool2, "GRAD_MIN", 0)  # every size through the Function
     x = _pool_input(shape)
     ref, ref_idx = F.max_pool2d(x, 2, return_indices=True)
@@ -158,8 +165,6 @@ def test_batch_one_conv_computes_the_reference_convolution(in_channels, size):
     """``Conv2d`` runs a single small image as one matrix product: PyTorch's convolution up to float
     rounding, gradients (and second derivatives) included; a batch takes PyTorch's path unchanged."""
     import torch.nn.functional as F
-
-    from clbench.methods._metanets import Conv2d
 
     gen = torch.Generator().manual_seed(5)
     conv = Conv2d(in_channels, 32, 3).double()

@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from clbench.process import keep_freed_memory
+from clbench.fast.memory import keep_freed_memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

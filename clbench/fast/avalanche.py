@@ -1,29 +1,29 @@
-"""Lean versions of Avalanche's training loop pieces: the same maths, order and RNG draws, less Python.
+"""The speed layer of the Avalanche strategies (``clbench.strategy.Strategy`` with ``fast=True``): the same
+maths, order and random draws as Avalanche's own loop, with less Python per step.
 
 At one image per step the method's compute is a few milliseconds, and Avalanche's per-sample
 DataLoader (dataset lookup, collation, a fresh iterator per experience) plus eight plugin callbacks
-per step add a large share on top. ``lean(cls)`` returns a drop-in subclass that:
+per step add a large share on top. Chosen by ``BuildContext.fast`` (the default), this layer:
 
-- collates each experience's data once into tensors and cuts mini-batches from them, with indices
-  drawn by the samplers Avalanche's loaders use (torch's ``RandomSampler``/``BatchSampler``, and
-  Avalanche's ``MultiDatasetSampler`` when replay mixes in the buffer) and the DataLoader iterator's
-  seed draw repeated, so the batches and the global RNG stream are exactly those of the plain path
-  (``tests/unit/test_lean_loop.py`` checks bitwise-equal weights);
-- per step, calls only the plugins whose callback does something (the base no-ops and the silent
-  evaluator of ``lean_kwargs`` are skipped);
+- collates each experience's data once into tensors and cuts mini-batches from them
+  (``tensor_batches``), with indices drawn by the samplers Avalanche's loaders use (torch's
+  ``RandomSampler``/``BatchSampler``, and Avalanche's ``MultiDatasetSampler`` when replay mixes in the
+  buffer) and the DataLoader iterator's seed draw repeated, so the batches and the global RNG stream are
+  exactly those of the plain path (``tests/unit/test_lean_loop.py`` checks bitwise-equal weights);
+- per step, calls only the plugins whose callback does something (``step_listeners``: the base no-ops
+  and the silent evaluator are skipped);
 - for replay, keeps the reservoir buffer's images as tensors beside its weights, so a step never
-  indexes a chain of concatenated Avalanche datasets;
+  indexes a chain of concatenated Avalanche datasets (``LeanReservoirBuffer``, ``LeanReplayPlugin``);
 - for online EWC, runs the Fisher pass over the experience's tensors (no DataLoader, no gradient
-  copies) and looks up the penalty's (parameter, anchor, importance) triples once per experience.
+  copies) and looks up the penalty's (parameter, anchor, importance) triples once per experience
+  (``LeanEWCPlugin``).
 
-Anything outside these cases (several task labels, workers, another buffer, EWC's separate mode) falls back to
-Avalanche's own code. Set ``LEAN = False`` to get the plain classes (the tests compare the two).
-Avalanche is imported at the top: import this module only where a strategy is built.
+Anything outside these cases (several task labels, workers, another buffer, EWC's separate mode) falls
+back to Avalanche's own code. Avalanche is imported at the top: import this module only where a
+strategy is built.
 """
 
 from __future__ import annotations
-
-from functools import cache
 
 import torch
 from avalanche.benchmarks.utils import DataAttribute, make_avalanche_dataset
@@ -32,11 +32,8 @@ from avalanche.core import BasePlugin, BaseSGDPlugin, SupervisedPlugin
 from avalanche.models import avalanche_forward
 from avalanche.training.plugins import EWCPlugin, ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
-from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import zerolike_params_dict
 from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, TensorDataset, default_collate
-
-LEAN = True  # False: lean() hands back Avalanche's own classes
 
 STEP_EVENTS = ("before_training_iteration", "before_forward", "after_forward", "before_backward",
                "after_backward", "before_update", "after_update", "after_training_iteration")
@@ -95,54 +92,21 @@ def _does_something(plugin, event: str) -> bool:
     return all(fn is not getattr(base, event, None) for base in (BasePlugin, BaseSGDPlugin, SupervisedPlugin))
 
 
-class LeanLoop:
-    """Mixin for a ``SupervisedTemplate`` subclass (put it first): lean data and per-step callbacks."""
+def step_listeners(plugins) -> dict[str, list]:
+    """Per step event, the plugins whose callback does something (Avalanche calls every plugin's)."""
+    return {event: [p for p in plugins if _does_something(p, event)] for event in STEP_EVENTS}
 
-    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
-                              drop_last=False, **kwargs):
-        data = self.adapted_dataset
-        # Avalanche uses a TaskBalancedDataLoader when experiences carry task labels, else a DataLoader;
-        # with a single task both give the batches of one shuffled BatchSampler, as TensorBatches does.
-        tasks = getattr(data, "targets_task_labels", None) if hasattr(self.experience, "task_labels") else None
-        if num_workers or kwargs or (tasks is not None and len(tasks.uniques) != 1):
-            return super().make_train_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
-                                                 persistent_workers=persistent_workers, drop_last=drop_last,
-                                                 **kwargs)
-        self.dataloader = TensorBatches([(collate_all(data), self.train_mb_size)], shuffle=shuffle,
-                                        drop_last=drop_last)
 
-    def _before_training_exp(self, **kwargs):
-        # Plugins are fixed for the experience: look up once which ones act on each step event.
-        self._step_plugins = {e: [p for p in self.plugins if _does_something(p, e)] for e in STEP_EVENTS}
-        super()._before_training_exp(**kwargs)
-
-    def _trigger_step(self, event: str, **kwargs):
-        for p in self._step_plugins[event]:
-            getattr(p, event)(self, **kwargs)
-
-    def _before_training_iteration(self, **kwargs):
-        self._trigger_step("before_training_iteration", **kwargs)
-
-    def _before_forward(self, **kwargs):
-        self._trigger_step("before_forward", **kwargs)
-
-    def _after_forward(self, **kwargs):
-        self._trigger_step("after_forward", **kwargs)
-
-    def _before_backward(self, **kwargs):
-        self._trigger_step("before_backward", **kwargs)
-
-    def _after_backward(self, **kwargs):
-        self._trigger_step("after_backward", **kwargs)
-
-    def _before_update(self, **kwargs):
-        self._trigger_step("before_update", **kwargs)
-
-    def _after_update(self, **kwargs):
-        self._trigger_step("after_update", **kwargs)
-
-    def _after_training_iteration(self, **kwargs):
-        self._trigger_step("after_training_iteration", **kwargs)
+def tensor_batches(strategy, num_workers=0, shuffle=True, drop_last=False, **kwargs) -> TensorBatches | None:
+    """The experience's training batches as Avalanche's loader would give them, cut from tensors; None
+    where Avalanche's loader does more than this covers (workers, other options, several task labels)."""
+    data = strategy.adapted_dataset
+    # Avalanche uses a TaskBalancedDataLoader when experiences carry task labels, else a DataLoader;
+    # with a single task both give the batches of one shuffled BatchSampler, as TensorBatches does.
+    tasks = getattr(data, "targets_task_labels", None) if hasattr(strategy.experience, "task_labels") else None
+    if num_workers or kwargs or (tasks is not None and len(tasks.uniques) != 1):
+        return None
+    return TensorBatches([(collate_all(data), strategy.train_mb_size)], shuffle=shuffle, drop_last=drop_last)
 
 
 class LeanReservoirBuffer(ReservoirSamplingBuffer):
@@ -251,23 +215,3 @@ class LeanEWCPlugin(EWCPlugin):
             imp.data /= float(len(batches))
         model.train()
         return importances
-
-
-_LEAN = {ReplayPlugin: LeanReplayPlugin, ReservoirSamplingBuffer: LeanReservoirBuffer,
-         EWCPlugin: LeanEWCPlugin}
-
-
-@cache
-def _with_lean_loop(cls: type) -> type:
-    return type(f"Lean{cls.__name__}", (LeanLoop, cls), {"__doc__": f"{cls.__name__} with LeanLoop's data path."})
-
-
-def lean(cls: type) -> type:
-    """The lean version of an Avalanche strategy, or of ReplayPlugin, ReservoirSamplingBuffer, EWCPlugin."""
-    if not LEAN:
-        return cls
-    if cls in _LEAN:
-        return _LEAN[cls]
-    if issubclass(cls, SupervisedTemplate):
-        return _with_lean_loop(cls)
-    raise TypeError(f"no lean version of {cls.__name__}; use it as it is")

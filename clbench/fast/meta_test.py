@@ -4,11 +4,12 @@ Meta-test trains only the last layers (``split(model)``: ANML's head, OML's pred
 frozen ones, and every frozen layer normalises per sample or not at all, so an image's frozen features
 depend on nothing but the checkpoint and the image. They are computed once per (checkpoint, image), in
 batches, and cached on disk; each batch-1 step is then a Linear forward and backward plus the optimiser
-update. The result is the Avalanche strategy's (``build_meta_test``), not an approximation of it:
+update. The result is the Avalanche strategy's (``clbench.blocks.meta_test_strategy``), not an
+approximation of it:
 
-- same images in the same order: per seed, ``module.build`` runs after the same seeding as in
+- same images in the same order: per seed, the method's ``build`` runs after the same seeding as in
   ``run_job`` (it draws the model's init from the global RNG), then each experience's order is drawn by
-  ``methods._lean.TensorBatches``, the lean loop's own sampler, which makes the same draws;
+  ``clbench.fast.avalanche.TensorBatches``, the fast loop's own sampler, which makes the same draws;
 - same start: the trainable layers are copied from that built strategy (its seeded head reset);
 - same features, to float rounding: the strategy runs the frozen layers on one image per step, the
   table on 20 at a time (CPU convolutions round differently per batch size, ~1e-7 relative);
@@ -25,12 +26,8 @@ are stacked [K, out, in], each trajectory gathers its own image per step from th
 An Adam step over a paper-size head moves ~60 MB whatever the code does: it is memory bound. On
 CUDA one kernel per op serves all K (launches amortised over the stack). On a CPU each trajectory is
 updated in blocks of rows with preallocated buffers, so the unfused update's ~20 passes and its
-temporaries (a fresh 9 MB allocation each in torch.optim) stay in cache. Measured on the loaded 2-core
-development EPYC, one Adam step of the 2304 x 1000 head: 5-6 ms, against 8-15 ms for autograd plus
-torch.optim.Adam on the same bare head and 15 ms for the strategy, whose step also runs the frozen
-network. Blocked SGD is compute bound instead (~9 MFLOP per step in matrix products): the whole
-600-class ANML protocol, 150 trajectories and 1.35 M steps, took 5.2-5.7 min on the 2 cores, features and
-evaluation included, 0.25 ms per trajectory-step (results/perf-meta.md).
+temporaries (a fresh 9 MB allocation each in torch.optim) stay in cache. Blocked SGD is compute bound
+instead (~9 MFLOP per step in matrix products). Measured speeds: results/perf-meta.md.
 """
 
 from __future__ import annotations
@@ -49,8 +46,10 @@ import torch
 import torch.nn.functional as F
 
 from clbench import registry
-from clbench.config import config_dict, resolve_method_config
+from clbench.config import config_dict
 from clbench.data import loaded
+from clbench.fast.avalanche import TensorBatches
+from clbench.fast.layers import accelerate
 from clbench.process import configure
 from clbench.streams import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, make_trajectory, to_tensor
 from clbench.trajectory import Job, Outcome, _peak_mem_mb, accuracy, run_job
@@ -58,10 +57,9 @@ from clbench.trajectory import Job, Outcome, _peak_mem_mb, accuracy, run_job
 FORMAT = 2  # bump when the feature cache's layout or meaning changes
 EVAL_CHUNK = 512  # MetaTest.predict's chunk: the same matrix shapes give the same logits
 BLOCK_ROWS = 128  # CPU update blocks: 128 x 2304 floats per tensor, working set within L3
-FEATURE_BATCH = 20  # images per feature forward; paper size: 2.4 ms per image, 3.4 at 500 (cache misses)
+FEATURE_BATCH = 20  # images per feature forward (one class's drawings): larger batches miss the cache
 BLOCK_EXPERIENCES = 5  # SGD on one Linear: experiences trained as one block (75 steps, Heads.sgd_block)
-BATCH = {"cpu": 16, "cuda": 160}  # trajectories run together (CLBENCH_FASTMETA_BATCH overrides)
-BATCHED: bool | None = None  # one kernel over all trajectories per op; None: on CUDA only (tests set it)
+BATCH = {"cpu": 16, "cuda": 160}  # trajectories run together
 
 Split = Callable[[torch.nn.Module], tuple[Callable, list[torch.nn.Linear]]]
 # Drawings of a character in the pool's order: the trajectory's training images, then its test images.
@@ -73,24 +71,26 @@ def batch_limit(device: str, sgd: bool) -> int:
     """Trajectories per batch. SGD keeps no state beside the weights and, on one Linear, reads them once
     per block (``Heads.sgd_block``): as many as on CUDA (one set-up per seed, the largest matrix products)."""
     kind = "cuda" if sgd else torch.device(device).type
-    return int(os.environ.get("CLBENCH_FASTMETA_BATCH") or BATCH.get(kind, 16))
+    return BATCH.get(kind, 16)
 
 
-def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outcome]]]:
-    """``run_job``'s outcomes for every job, as (index into ``jobs``, outcomes) when each batch ends.
+def run_jobs(jobs: Sequence[Job], batched: bool | None = None) -> Iterator[tuple[int, list[Outcome]]]:
+    """``run_job``'s outcomes for every job (all of one meta-learned method), as (index into ``jobs``,
+    outcomes) when each batch ends.
 
     Jobs that share everything but seed, lengths and step size run as one batch (longest first, at most
     ``batch_limit`` at once); any other kind of job (several classes per experience) goes to ``run_job``.
+    ``batched``: one kernel over all trajectories per op (default: on CUDA only; ``Heads``).
     """
+    split = registry.load(jobs[0].method).meta.split
     groups: dict[str, list[int]] = {}
     limits: dict[str, int] = {}
     for i, job in enumerate(jobs):
         if job.classes_per_exp != 1:
             yield i, run_job(job)
             continue
-        module = registry.load(job.method)
-        cfg = dataclasses.replace(resolve_method_config(module, job.profile, job.overrides), lr=0.0)
-        key = json.dumps([repr(dataclasses.replace(job, overrides={}, lengths=(), seed=0)), config_dict(cfg)])
+        cfg = dataclasses.replace(job.config, lr=0.0)
+        key = json.dumps([repr(dataclasses.replace(job, config=None, lengths=(), seed=0)), config_dict(cfg)])
         groups.setdefault(key, []).append(i)
         limits[key] = batch_limit(job.device, cfg.optimizer == "sgd")
     for key, idx in groups.items():
@@ -98,7 +98,7 @@ def run_jobs(jobs: Sequence[Job], split: Split) -> Iterator[tuple[int, list[Outc
         limit = limits[key]
         for b in range(0, len(idx), limit):
             chunk = idx[b:b + limit]
-            yield from zip(chunk, _run_batch([jobs[i] for i in chunk], split), strict=True)
+            yield from zip(chunk, _run_batch([jobs[i] for i in chunk], split, batched=batched), strict=True)
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -316,19 +316,18 @@ class Heads:
 
 
 # ------------------------------------------------------------------------------------------- a batch
-def _replay(module, cfg, job: Job, n_max: int, split: Split):
-    """What ``run_job`` sets up for this seed: the built strategy's model, its trainable layers'
-    starting values, and each experience's order of training images (the lean loop's RNG draws)."""
+def _replay(spec, job: Job, n_max: int, split: Split):
+    """What ``run_job`` sets up for this seed: the built strategy's model (with the fast kernels, for the
+    feature forward), its trainable layers' starting values, and each experience's order of training
+    images (the fast loop's RNG draws)."""
     from avalanche.training.determinism.rng_manager import RNGManager
-
-    from clbench.methods._lean import TensorBatches
 
     RNGManager.set_random_seeds(job.seed)
     ctx = registry.BuildContext(n_classes=n_max, classes_per_exp=1, seed=job.seed, device=job.device,
                                 profile=job.profile, data_root=job.data_root,
                                 cache_dir=Path(job.cache_dir) if job.cache_dir else None, meta_train=True)
-    strategy = module.build(cfg, ctx)
-    frozen, layers = split(strategy.model)
+    strategy = spec.build(job.config, ctx)
+    frozen, layers = split(accelerate(strategy.model))
     trainable = {id(p) for g in strategy.optimizer.param_groups for p in g["params"]}
     if trainable != {id(p) for layer in layers for p in (layer.weight, layer.bias)}:
         raise RuntimeError(f"{job.method}: the strategy trains other parameters than split() names")
@@ -338,22 +337,23 @@ def _replay(module, cfg, job: Job, n_max: int, split: Split):
     return strategy, frozen, init, torch.stack(orders)
 
 
-def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> list[list[Outcome]]:
+def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None, batched: bool | None = None
+               ) -> list[list[Outcome]]:
     """Outcomes per job; ``weights`` (tests) receives each job's trained layers, by position in ``jobs``."""
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     job0 = jobs[0]
     configure(job0.threads, job0.device)
     device = torch.device(job0.device)
-    module = registry.load(job0.method)
-    cfgs = [resolve_method_config(module, job.profile, job.overrides) for job in jobs]
-    data = loaded(job0.data_root, module.image_size(cfgs[0]) if hasattr(module, "image_size") else 28)
+    spec = registry.load(job0.method)
+    cfgs = [job.config for job in jobs]
+    data = loaded(job0.data_root, spec.image_size(cfgs[0]))
     pool = data.evaluation
     n_max = [max(job.lengths) for job in jobs]
     seeds: dict[int, tuple] = {}
-    for job, cfg in zip(jobs, cfgs, strict=True):
+    for job in jobs:
         if job.seed not in seeds:
             longest = max(m for j, m in zip(jobs, n_max, strict=True) if j.seed == job.seed)
-            seeds[job.seed] = _replay(module, cfg, job, longest, split)
+            seeds[job.seed] = _replay(spec, job, longest, split)
     strategy, frozen, _, _ = seeds[job0.seed]
     checkpoint_hash = strategy.checkpoint_hash
     classes = [torch.tensor(make_trajectory(pool, n, job.seed).class_ids) for job, n in zip(jobs, n_max, strict=True)]
@@ -362,7 +362,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None) -> li
                       checkpoint_hash, data.content_hash)
     feature_s = (time.perf_counter() - t0) / len(jobs)  # shared work, charged evenly
     heads = Heads([seeds[job.seed][2] for job in jobs], [cfg.lr for cfg in cfgs], strategy.optimizer,
-                  batched=device.type == "cuda" if BATCHED is None else BATCHED)
+                  batched=device.type == "cuda" if batched is None else batched)
     heads.params = [p.to(device) for p in heads.params]
     heads.state = [(m.to(device), v.to(device)) for m, v in heads.state]
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The GPU check, one command on a machine with one NVIDIA GPU (under 8 minutes on an H200), from the
+# repository root after benchmarks/gpu-prepare.sh filled .gpu/ (carried there):
+#   1. the CUDA tests (tests/integration/test_cuda.py; they skip where there is no GPU),
+#   2. the GPU benchmarks: meta-training outer steps at paper size and their dispatched operations,
+#   3. clbench perf -> results/perf-gpu.md (and its JSON), copied to $OUT when the device tool sets it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .gpu/wheels/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p /tmp/og && tar -xf .gpu/omniglot.tar -C /tmp/og
+export CLBENCH_DATA=/tmp/og CLBENCH_CACHE=/tmp/clbench-cache
+out=${OUT:-results/gpu-check}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+python3 -m pytest tests/integration/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$out/cuda-tests.log"
+tests=${PIPESTATUS[0]}
+CLBENCH_BENCH_DEVICE=cuda python3 -m pytest benchmarks/test_metatrain.py benchmarks/test_dispatch.py \
+    --benchmark-only --benchmark-json=results/perf-gpu.json -q -p no:cacheprovider 2>&1 | tee "$out/bench.log"
+python3 -m clbench.cli perf --json results/perf-gpu.json --output results/perf-gpu.md
+cp results/perf-gpu.json results/perf-gpu.md "$out/" 2>/dev/null
+exit "$tests"

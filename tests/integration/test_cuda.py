@@ -1,0 +1,76 @@
+"""Meta-training's fast step against the method's plain definition over 20 outer steps, on the CPU and on
+CUDA, and the CUDA path end to end (the CUDA tests skip where there is no GPU; benchmarks/gpu-check.sh
+runs them on one)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from clbench import metatrain, registry
+from clbench.config import resolve_method_config
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+SMALL = {"anml": {"nm_channels": 8, "pln_channels": 16}, "oml": {"channels": 16}}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _losses(method: str, device: str, fast: bool, steps: int = 20) -> list[float]:
+    from clbench.process import configure
+
+    configure(1, device)
+    spec = registry.load(method)
+    r = spec.meta.recipe(resolve_method_config(spec, "ci", SMALL[method]))
+    pool, _ = metatrain.load_pool(None, r.image_size, device)
+    gen, model, opt = metatrain.fresh_start(r, device, fast)
+    # In float64: the two regroup their sums, and Adam would amplify float32's rounding differences into
+    # visibly different trajectories within 20 steps; in float64 any difference in the maths would show.
+    model.double()
+    return [metatrain.meta_step(model, opt, pool.double(), gen, r, fast) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["anml", "oml"])
+def test_the_fast_step_follows_the_plain_definition_for_20_steps(method, device):
+    fast, plain = _losses(method, device, True), _losses(method, device, False)
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-9, atol=0)
+    assert max(fast) - min(fast) > 0.1  # 20 different tasks and a moving model: not two flat lines
+
+
+@CUDA
+def test_interrupted_meta_training_resumes_to_identical_weights_on_cuda(tmp_path, monkeypatch):
+    spec = registry.load("anml")
+    r = dataclasses.replace(spec.meta.recipe(resolve_method_config(spec, "ci", SMALL["anml"])), steps=7)
+    key = r.key("test", metatrain.load_pool(None, 28)[1])
+    reference, _ = metatrain.train(r, tmp_path / "straight", key, device="cuda", checkpoint_every=3, progress=False)
+    real_step, calls = metatrain.meta_step, []
+
+    def dying_step(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(metatrain, "meta_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        metatrain.train(r, tmp_path / "resumed", key, device="cuda", checkpoint_every=3, progress=False)
+    monkeypatch.setattr(metatrain, "meta_step", real_step)
+    resumed, _ = metatrain.train(r, tmp_path / "resumed", key, device="cuda", checkpoint_every=3, progress=False)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+@CUDA
+def test_a_clbench_run_cell_on_cuda(tmp_path):
+    from clbench import cli
+    from clbench.results import Store
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "--methods", "anml", "--profile", "ci", "--lengths", "10", "--seeds", "0", "--no-select",
+                     "--threads", "1", "--device", "cuda", "--out", str(out)]) == 0
+    rows = Store(out).rows()
+    assert {r.method for r in rows} == {"anml", "naive", "oracle"} and {r.device for r in rows} == {"cuda"}
+    assert all(r.status == "ok" and r.acc > 0.1 for r in rows if r.method != "naive")
