@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                                                    "OUT/results.jsonl")
     run.add_argument("--dry-run", action="store_true", help="print the cells and exit")
     cost = sub.add_parser("cost", parents=[r], help="the run's cost: estimated from a rates store, measured in OUT")
-    cost.add_argument("--rates", required=True,
-                      help="a store whose one-thread rows give each method's seconds per class")
+    cost.add_argument("--rates", required=True, action="append",
+                      help="a store whose one-thread rows give each method's seconds per class (repeatable: the "
+                           "first store with a method's rows gives its rate)")
     cost.add_argument("--output", default=None, help="write the markdown here (default: print it)")
 
     m = sub.add_parser("meta-train", help="meta-train ANML or OML on the background set (cached, resumable)")
@@ -228,7 +229,8 @@ def _cmd_cost(args, argv) -> int:
     rc = _run_config(args)
     runner.plan(rc)  # validates names, lengths, seeds and settings
     store = Store(rc.out)
-    text = cost.render(rc, _store_rows(args.rates), args.rates, store.rows() if store.path.exists() else [],
+    rates = [(d, _store_rows(d)) for d in args.rates]
+    text = cost.render(rc, rates, store.rows() if store.path.exists() else [],
                        Store(rc.out, "validation.jsonl").records(), command_line(argv))
     if args.output:
         Path(args.output).write_text(text)

@@ -70,6 +70,10 @@ def verdict(mean: float, ci: float, theirs: float) -> str:
     return "above" if mean > theirs else "below"
 
 
+def _phrase(v: str) -> str:
+    return {"within CI": "within the confidence interval of", "no rows": "no rows against"}.get(v, v)
+
+
 def render(rows: Sequence[Row], published: list[dict[str, str]], command: str) -> str:
     from clbench.leaderboard import markdown_table
 
@@ -105,5 +109,5 @@ def render(rows: Sequence[Row], published: list[dict[str, str]], command: str) -
         for m, o in sorted(best.items()):
             target = 0.64 if m == "anml" else 0.55
             lines.append(f"- {m}: {o['mean']:.3f} ± {o['ci95']:.3f} ({o['profile']} profile, {o['order']} order, "
-                         f"{o['optimizer']}): {verdict(o['mean'], o['ci95'], target)} of {target}")
+                         f"{o['optimizer']}): {_phrase(verdict(o['mean'], o['ci95'], target))} {target}")
     return "\n".join(lines) + "\n"
