@@ -1,10 +1,8 @@
 """Meta-training's fast step against the method's plain definition over 20 outer steps, on the CPU and on
 CUDA, and the CUDA path end to end (the CUDA tests skip where there is no GPU; benchmarks/gpu-check.sh
-runs them on one)."""
+runs them on one, with test_metatrain.py's resume test on CUDA)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
@@ -39,28 +37,6 @@ def test_the_fast_step_follows_the_plain_definition_for_20_steps(method, device)
     fast, plain = _losses(method, device, True), _losses(method, device, False)
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-9, atol=0)
     assert max(fast) - min(fast) > 0.1  # 20 different tasks and a moving model: not two flat lines
-
-
-@CUDA
-def test_interrupted_meta_training_resumes_to_identical_weights_on_cuda(tmp_path, monkeypatch):
-    spec = registry.load("anml")
-    r = dataclasses.replace(spec.meta.recipe(resolve_method_config(spec, "ci", SMALL["anml"])), steps=7)
-    key = r.key("test", metatrain.load_pool(None, 28)[1])
-    reference, _ = metatrain.train(r, tmp_path / "straight", key, device="cuda", checkpoint_every=3, progress=False)
-    real_step, calls = metatrain.meta_step, []
-
-    def dying_step(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(metatrain, "meta_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        metatrain.train(r, tmp_path / "resumed", key, device="cuda", checkpoint_every=3, progress=False)
-    monkeypatch.setattr(metatrain, "meta_step", real_step)
-    resumed, _ = metatrain.train(r, tmp_path / "resumed", key, device="cuda", checkpoint_every=3, progress=False)
-    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
 @CUDA

@@ -91,10 +91,13 @@ def test_checkpoint_round_trip_restores_weights_adam_and_rng(pool, tmp_path):
     assert torch.equal(gen.get_state(), gen2.get_state())
 
 
-def test_interrupted_meta_training_resumes_to_identical_weights(pool, tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_interrupted_meta_training_resumes_to_identical_weights(pool, tmp_path, monkeypatch, device):
     r = _recipe("anml", steps=7)
     key = _key(r, pool)
-    reference, ref_meta = metatrain.train(r, tmp_path / "straight", key, checkpoint_every=3, progress=False)
+    reference, ref_meta = metatrain.train(r, tmp_path / "straight", key, device=device, checkpoint_every=3,
+                                          progress=False)
 
     # Kill the run inside step 5: the last save was at step 3, so steps 4-5 are redone on resume.
     real_step, calls = metatrain.meta_step, []
@@ -107,10 +110,10 @@ def test_interrupted_meta_training_resumes_to_identical_weights(pool, tmp_path, 
 
     monkeypatch.setattr(metatrain, "meta_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        metatrain.train(r, tmp_path / "resumed", key, checkpoint_every=3, progress=False)
+        metatrain.train(r, tmp_path / "resumed", key, device=device, checkpoint_every=3, progress=False)
     monkeypatch.setattr(metatrain, "meta_step", real_step)
     assert json.loads((tmp_path / "resumed" / "step-00000003.json").read_text())["steps_done"] == 3
-    resumed, meta = metatrain.train(r, tmp_path / "resumed", key, checkpoint_every=3, progress=False)
+    resumed, meta = metatrain.train(r, tmp_path / "resumed", key, device=device, checkpoint_every=3, progress=False)
 
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
