@@ -2,8 +2,8 @@
 
 - The repository's top-level ``methods/`` folder goes into the wheel as ``clbench/methods/``, so an install
   adds no top-level package named ``methods``.
-- The committed meta-trained checkpoints (``results/checkpoints/``) go in as ``clbench/checkpoints/``, where
-  ``clbench run`` finds them on a machine without the repository.
+- The committed meta-trained checkpoints (``results/checkpoints/``) go in as
+  ``clbench/committed_checkpoints/``, where ``clbench run`` finds them on a machine without the repository.
 - ``clbench/_build.json`` records the clbench commit the wheel was built from: an installed wheel has no
   git checkout to ask, and ``clbench.provenance.source()`` reads this file instead. A wheel built from an
   sdist (no git) records an unknown commit.
@@ -38,4 +38,4 @@ class BuildInfoHook(BuildHookInterface):
         build_data["force_include"][str(out)] = "clbench/_build.json"
         build_data["force_include"][str(root / "methods")] = "clbench/methods"
         if (root / "results" / "checkpoints").is_dir():  # the committed checkpoints (clbench.checkpoints)
-            build_data["force_include"][str(root / "results" / "checkpoints")] = "clbench/checkpoints"
+            build_data["force_include"][str(root / "results" / "checkpoints")] = "clbench/committed_checkpoints"

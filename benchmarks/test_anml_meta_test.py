@@ -1,5 +1,5 @@
 """ANML meta-test speed at paper size (2304 -> 1000 head): one training step on the fast path
-(methods/_fastmeta.py) and on the Avalanche strategy, and the whole meta-test protocol through ``clbench run``.
+(clbench/fast/meta_test.py) and on the Avalanche strategy, and the whole meta-test protocol through ``clbench run``.
 
 The network is a randomly initialised paper-size ANMLNet (``meta_steps=0`` saves the kaiming init as the
 checkpoint): what meta-training learns does not change what a step costs. Knobs, beside conftest.py's

@@ -7,7 +7,8 @@ weights against their hash, the key against its hash and the local data's conten
 the checkpoint in the cache folder where ``clbench run`` looks for it: made on a GPU machine, evaluated
 on a laptop.
 
-The repository commits a few checkpoints (``results/checkpoints/``, for a wheel ``clbench/checkpoints/``):
+The repository commits a few checkpoints (``results/checkpoints/``, in a wheel
+``clbench/committed_checkpoints/``):
 ``ensure_checkpoint`` installs a committed one whose key matches instead of meta-training.
 """
 
@@ -20,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from clbench.errors import UsageError
+
+try:
+    from safetensors import SafetensorError
+except ImportError:  # older safetensors: its errors were plain exceptions
+    SafetensorError = Exception
 
 SUFFIX = ".safetensors"
 # Fields of a finished checkpoint's model.json that travel with its weights.
@@ -45,7 +51,7 @@ class Entry:
 def committed_dirs() -> list[Path]:
     """Where committed checkpoints are: the checkout's ``results/checkpoints`` or a wheel's copy of it."""
     package = Path(__file__).resolve().parent
-    return [d for d in (package.parent / "results" / "checkpoints", package / "checkpoints") if d.is_dir()]
+    return [d for d in (package.parent / "results" / "checkpoints", package / "committed_checkpoints") if d.is_dir()]
 
 
 def listing(cache_dir: Path | None = None) -> list[Entry]:
@@ -91,6 +97,7 @@ def read(file: Path) -> tuple[dict, dict[str, Any]]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from clbench import registry
     from clbench.metatrain import key_hash, weights_hash
 
     if not file.is_file():
@@ -99,12 +106,17 @@ def read(file: Path) -> tuple[dict, dict[str, Any]]:
         with safe_open(str(file), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["clbench"])
         state = load_file(str(file))
-    except (KeyError, ValueError, OSError) as e:  # not safetensors, or not one of ours
-        raise CheckpointError(f"{file}: not an exported clbench checkpoint ({e})") from None
-    if weights_hash(state) != meta["checkpoint_hash"]:
+        weights_ok = weights_hash(state) == meta["checkpoint_hash"]
+        key_ok = key_hash(meta["key"]) == meta["key_hash"]
+        method = meta["key"]["method"]
+    except (SafetensorError, KeyError, TypeError, ValueError, OSError) as e:  # not safetensors, or not ours
+        raise CheckpointError(f"{file}: not an exported clbench checkpoint ({type(e).__name__}: {e})") from None
+    if not weights_ok:
         raise CheckpointError(f"{file}: the weights do not match their hash {meta['checkpoint_hash']} (damaged?)")
-    if key_hash(meta["key"]) != meta["key_hash"]:
+    if not key_ok:
         raise CheckpointError(f"{file}: the recipe key does not match its hash {meta['key_hash']}")
+    if method not in registry.names() or not registry.load(method).meta_learned:
+        raise CheckpointError(f"{file}: made for '{method}', which is not a meta-learned method here")
     return state, meta
 
 
@@ -132,13 +144,18 @@ def install(file: Path, cache_dir: Path | None = None, data_root: str | None = N
             return folder
         raise CheckpointError(f"{folder} already holds another checkpoint of this recipe ({have}, not "
                               f"{meta['checkpoint_hash']}); remove that folder first to replace it")
+    from filelock import FileLock
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ("model" + SUFFIX + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / ("model" + SUFFIX))
-    marker = folder / "model.json.tmp"  # written last: the folder's commit marker
-    marker.write_text(json.dumps({**meta, "complete": True, "imported_from": str(file)}))
-    os.replace(marker, final)
+    with FileLock(str(folder / "lock")):  # the lock meta-training holds: one writer per folder
+        if final.is_file():  # another process installed it meanwhile
+            return install(file, cache_dir, data_root)
+        tmp = folder / f"model{SUFFIX}.{os.getpid()}.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, folder / ("model" + SUFFIX))
+        marker = folder / f"model.json.{os.getpid()}.tmp"  # written last: the folder's commit marker
+        marker.write_text(json.dumps({**meta, "complete": True, "imported_from": str(file)}))
+        os.replace(marker, final)
     return folder
 
 
@@ -153,8 +170,11 @@ def committed_hash(method: str, key_hash: str) -> str | None:
 
     if (file := committed(method, key_hash)) is None:
         return None
-    with safe_open(str(file), framework="pt") as f:
-        return json.loads(f.metadata()["clbench"])["checkpoint_hash"]
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return json.loads(f.metadata()["clbench"])["checkpoint_hash"]
+    except (SafetensorError, KeyError, TypeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{file}: not an exported clbench checkpoint ({type(e).__name__}: {e})") from None
 
 
 def install_committed(method: str, key_hash: str, cache_dir: Path | None, data_root: str | None) -> bool:
@@ -177,10 +197,11 @@ def committed_markdown(command: str) -> str:
             with safe_open(str(file), framework="pt") as f:
                 meta = json.loads(f.metadata()["clbench"])
             key, src = meta["key"], meta.get("source", {})
-            rows.append([f"`{file.name}`", key["method"], key["profile"], f"{meta['steps_done']}",
+            rows.append([f"`{file.name}`", key["method"], key["profile"], f"{meta.get('steps_done', '?')}",
                          "first" if key["first_order"] else "second", meta["checkpoint_hash"],
                          f"{meta.get('device', '?')}, {meta.get('threads', '?')} thread(s)",
-                         f"{meta['seconds'] / 60:.1f}", f"{meta.get('clbench_version', '?')} at "
+                         f"{meta['seconds'] / 60:.1f}" if "seconds" in meta else "?",
+                         f"{meta.get('clbench_version', '?')} at "
                          f"{(src.get('commit') or 'unknown')[:12]}", f"`clbench meta-train --method {key['method']} "
                          f"--profile {key['profile']}`"])
     lines = ["# Committed meta-trained checkpoints", "", f"Generated by `{command}` from the files' own metadata. "

@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
     r.add_argument("--threads", type=int, default=None, help="torch threads per trajectory [all cores]")
     r.add_argument("--plain", dest="fast", action="store_false", default=None,
-                   help="run the plain definitions, without the speed layers of clbench.fast (slower, same results)")
+                   help="evaluate with the plain definitions, without the speed layers of clbench.fast (slower, "
+                        "same results); meta-training always takes its fast step")
     run = sub.add_parser("run", parents=[r], help="run methods over trajectory lengths and seeds; rows go to "
                                                    "OUT/results.jsonl")
     run.add_argument("--dry-run", action="store_true", help="print the cells and exit")
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--profile", default="default", choices=PROFILES)
     m.add_argument("--device", default="cpu")
     m.add_argument("--data-root", default=None)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=None, help="meta-training seed (meta_seed) [the profile's]")
     m.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     m.add_argument("--cache-dir", default=None, help="checkpoints go under CACHE_DIR/checkpoints [$CLBENCH_CACHE]")
 
@@ -211,7 +212,8 @@ def _cmd_meta_train(args) -> int:
     overrides: dict = parse_set(args.set, method=args.method).get(args.method, {})
     if args.steps is not None:
         overrides["meta_steps"] = args.steps
-    overrides["meta_seed"] = args.seed
+    if args.seed is not None:
+        overrides["meta_seed"] = args.seed
     cfg = resolve_method_config(spec, args.profile, overrides)
     ctx = registry.BuildContext(n_classes=1, classes_per_exp=1, seed=0, device=args.device, profile=args.profile,
                                 data_root=args.data_root, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -242,7 +244,7 @@ def _cmd_reproduce(args, argv) -> int:
     from clbench import reproduction
 
     text = reproduction.render(_store_rows(args.store), reproduction.read_published(args.published),
-                               command_line(argv))
+                               command_line(argv), args.published)
     if args.output:
         Path(args.output).write_text(text)
     print(text, end="")

@@ -60,9 +60,10 @@ def estimate(job_list: list[tuple[int, tuple[int, ...]]], r: Rate) -> float:
 def measured(rows: Sequence[Row], validation: Sequence[dict], method: str) -> tuple[float, int]:
     """Seconds the store holds for ``method`` (each job's training once, every evaluation), and its test rows."""
     tests = [r for r in rows if r.method == method and r.split == "test"]
+    nested = registry.load(method).nested
     training: dict[tuple, float] = {}
     for r in tests:  # a nested job's rows hold its training time up to each length: count the longest
-        job = (r.series, r.seed, r.run)
+        job = (r.series, r.seed, r.run) if nested else (r.series, r.seed, r.run, r.n_classes)
         training[job] = max(training.get(job, 0.0), r.train_seconds)
     seconds = sum(training.values()) + sum(r.eval_seconds for r in tests)
     seconds += sum(v.get("train_seconds", 0.0) + v.get("eval_seconds", 0.0) for v in validation

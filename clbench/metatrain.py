@@ -28,7 +28,9 @@ from typing import Any
 
 from clbench import provenance
 
-FORMAT = 4  # bump when the checkpoint layout or the meta-training maths or rounding changes (4: batch-1 convs)
+# Bump when the checkpoint layout or the meta-training maths, or the CPU path's rounding, changes (4: batch-1
+# convs). Checkpoints are per device (the key has no device): CUDA's rounding is its own (clbench.fast.norm).
+FORMAT = 4
 IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
 
 
@@ -36,7 +38,7 @@ IMAGES_PER_CLASS = 20  # Omniglot: 20 drawings per character
 class Recipe:
     """Everything that determines the meta-trained weights (a method's ``SPEC.meta.recipe(cfg)``): the
     network, its meta-objective and the meta-training settings. The checkpoint key is every field but the
-    two callables (the method's algorithm version and ``FORMAT`` stand for them)."""
+    two callables: a change to a network or meta-objective that changes the weights must bump ``FORMAT``."""
 
     method: str
     arch: dict[str, Any]  # the network's constructor arguments, passed to ``make_model``

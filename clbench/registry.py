@@ -136,8 +136,9 @@ def check_spec(spec: Any, name: str) -> MethodSpec:
         value = getattr(spec, hook)
         if value is not None and not callable(value):
             fail(f"SPEC.{hook} is not callable")
-    if spec.meta is not None and not (callable(spec.meta.recipe) and callable(spec.meta.split)):
-        fail("SPEC.meta needs callable recipe and split")
+    if spec.meta is not None and not (isinstance(spec.meta, MetaLearning) and callable(spec.meta.recipe)
+                                      and callable(spec.meta.split)):
+        fail("SPEC.meta must be a MetaLearning with callable recipe and split")
     return spec
 
 

@@ -209,8 +209,12 @@ def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch)
     fresh = tmp_path / "fresh"
     assert cli.main(["checkpoints", "import", str(damaged), "--cache-dir", str(fresh)]) == 2
     assert cli.main(["checkpoints", "import", str(other), "--cache-dir", str(fresh)]) == 2
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    assert cli.main(["checkpoints", "import", str(garbage), "--cache-dir", str(fresh)]) == 2
     err = capsys.readouterr().err
     assert "do not match their hash" in err and "meta-trained on data with content hash 0000" in err
+    assert "not an exported clbench checkpoint" in err
     assert not (fresh / "checkpoints").exists()
 
     # Committed to the repository: a build in an empty cache installs it instead of meta-training.
