@@ -12,6 +12,7 @@ validation records hold.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,9 +67,14 @@ def measured(rows: Sequence[Row], validation: Sequence[dict], method: str) -> tu
         job = (r.series, r.seed, r.run) if nested else (r.series, r.seed, r.run, r.n_classes)
         training[job] = max(training.get(job, 0.0), r.train_seconds)
     seconds = sum(training.values()) + sum(r.eval_seconds for r in tests)
-    seconds += sum(v.get("train_seconds", 0.0) + v.get("eval_seconds", 0.0) for v in validation
-                   if v.get("method") == method)
-    return seconds, len(tests)
+    val_training: dict[tuple, float] = {}  # likewise a validation job's records, one per length
+    for v in validation:
+        if v.get("method") == method and "train_seconds" in v:
+            values = json.dumps(v["values"], sort_keys=True)
+            job = (v["config_hash"], values, v["seed"], None if nested else v["n_classes"])
+            val_training[job] = max(val_training.get(job, 0.0), v["train_seconds"])
+            seconds += v["eval_seconds"]
+    return seconds + sum(val_training.values()), len(tests)
 
 
 def _hours(s: float) -> str:
