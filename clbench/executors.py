@@ -107,12 +107,11 @@ def _package_copy() -> Path:
     import tempfile
 
     import clbench
-    import clbench.methods
 
     dest = Path(tempfile.mkdtemp(prefix="clbench-ray-")) / "clbench"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(clbench.__file__).parent, dest, ignore=ignore)
-    for folder in clbench.methods.__path__[1:]:  # the checkout's methods/ folder, when run from one
+    for folder in registry.source_folders():
         shutil.copytree(folder, dest / "methods", ignore=ignore, dirs_exist_ok=True)
     return dest
 

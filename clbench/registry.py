@@ -154,6 +154,12 @@ def check_names(requested: list[str]) -> None:
             raise UnknownMethodError(f"unknown method '{name}'{hint} (available: {', '.join(METHODS)})")
 
 
+def source_folders() -> list[Path]:
+    """Where the method modules are read from besides the package itself: the checkout's ``methods/``
+    folder when run from one (a wheel has them inside ``clbench/methods``)."""
+    return [Path(folder) for folder in importlib.import_module("clbench.methods").__path__[1:]]
+
+
 def load(name: str) -> MethodSpec:
     """The method's declaration (its module's ``SPEC``), checked against the contract."""
     check_names([name])
