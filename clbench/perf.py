@@ -184,6 +184,25 @@ def _protocol_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
     return rows + [""]
 
 
+def _dispatch_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
+    runs = [b for b in benchmarks if "ops" in b.get("extra_info", {})]
+    if not runs:
+        return []
+    rows = ["## Operations per meta-training outer step", "",
+            "ATen operations dispatched by one paper-size outer step, views excluded (benchmarks/test_dispatch.py): "
+            "on a GPU each is a kernel launch, so a launch-bound step's time follows this count. It is the same on "
+            "any device, so it is counted on whichever ran. Kernel set `gpu`: the layers meta-training uses on "
+            "CUDA; `cpu`: those it uses on a CPU. Host syncs: scalars read back to Python.", "",
+            "| method | order | kernel set | operations | host syncs | most frequent |",
+            "|---|---|---|---:|---:|---|"]
+    for b in runs:
+        i = b["extra_info"]
+        order = "first" if i.get("settings", {}).get("first_order") else "second"
+        top = ", ".join(f"{k} {v:,}" for k, v in list(i.get("top_ops", {}).items())[:4])
+        rows.append(f"| {i['method']} | {order} | {i['kernels']} | {i['ops']:,} | {i.get('host_syncs', 0)} | {top} |")
+    return rows + [""]
+
+
 def _throughput_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
     runs = [b for b in benchmarks if "images" in b.get("extra_info", {})]
     if not runs:
@@ -244,6 +263,7 @@ def render(data: dict[str, Any], command: str) -> str:
         *_protocol_rows(benchmarks),
         *_overhead_rows(benchmarks),
         *_throughput_rows(benchmarks),
+        *_dispatch_rows(benchmarks),
     ]
     if missing:
         lines += ["## Not measured in this run", "",

@@ -11,16 +11,21 @@ Same values as ``nn.InstanceNorm2d(affine=True)`` up to float rounding (``tests/
 ``gradgradcheck`` in float64); meta-training on CUDA uses it (``clbench.fast.layers.accelerate``).
 
 Notation, per (image, channel) group of ``M = H * W`` values: ``xh = (x - mean) * r`` with
-``r = (var + eps) ** -0.5``; ``P(z) = z - mean(z) - xh * mean(xh * z)`` (P projects out the directions
-the normalisation removes, and is self-adjoint). Then, for the upstream gradient ``g`` of ``y``:
+``r = (var + eps) ** -0.5``; ``S(z) = sum(z)`` and ``X(z) = sum(xh * z)`` over the group;
+``P(z) = z - (S(z) + xh * X(z)) / M`` (P projects out the directions the normalisation removes, and is
+self-adjoint). Then, for the upstream gradient ``g`` of ``y``:
 
-    dx = gamma * r * P(g),   dgamma = sum(g * xh),   dbeta = sum(g)
+    dx = gamma * r * P(g),   dgamma = sum over images of X(g),   dbeta = sum over images of S(g)
 
 and for upstream gradients ``u, p, q`` of ``(dx, dgamma, dbeta)`` the double backward is
 
     d(g)     = gamma * r * P(u) + p * xh + q
-    d(gamma) = sum over images of r * A,                      A = sum_hw(u * P(g))
-    d(x)     = r * (p * P(g) - gamma * r * (A / M * xh + mean(g xh) * P(u) + mean(u xh) * P(g)))
+    d(gamma) = sum over images of r * A,                      A = S(u * P(g))
+    d(x)     = r * (p * P(g) - gamma * r * (A * xh + X(g) * P(u) + X(u) * P(g)) / M)
+
+Each formula is written in as few operations as it allows (sums rather than means, the ``1 / M`` folded
+into the ``alpha``/``value`` of an addition, no reduction over a batch of one image): the inner loop runs
+at batch 1, and every operation here runs about 120 times per second-order outer step.
 """
 
 from __future__ import annotations
@@ -33,9 +38,15 @@ _SPATIAL = (2, 3)
 
 
 def _project(z: torch.Tensor, xh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(z), and mean(xh * z), per (image, channel)."""
-    zxh = (xh * z).mean(_SPATIAL, keepdim=True)
-    return z - z.mean(_SPATIAL, keepdim=True) - xh * zxh, zxh
+    """P(z), and X(z), per (image, channel)."""
+    m = z.shape[2] * z.shape[3]
+    zx = (xh * z).sum(_SPATIAL, keepdim=True)
+    return torch.addcmul(z, xh, zx, value=-1 / m).sub_(z.sum(_SPATIAL, keepdim=True), alpha=1 / m), zx
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """A [N, C, 1, 1] tensor summed over its images, as [C] (a view for one image)."""
+    return t.view(-1) if t.shape[0] == 1 else t.sum((0, 2, 3))
 
 
 class _NormBackward(torch.autograd.Function):
@@ -44,29 +55,33 @@ class _NormBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, x, gamma, xh, r):
         ctx.set_materialize_grads(False)
-        pg, gxh = _project(g, xh)
-        gr = gamma.view(1, -1, 1, 1) * r
-        ctx.save_for_backward(gamma, xh, r, pg, gxh, gr)
         m = g.shape[2] * g.shape[3]
-        return gr * pg, gxh.sum((0, 2, 3)).mul_(m), g.sum((0, 2, 3))
+        gs = g.sum(_SPATIAL, keepdim=True)
+        gx = (xh * g).sum(_SPATIAL, keepdim=True)
+        pg = torch.addcmul(g, xh, gx, value=-1 / m).sub_(gs, alpha=1 / m)
+        gr = gamma.view(1, -1, 1, 1) * r
+        ctx.save_for_backward(xh, r, pg, gx, gr)
+        return gr * pg, _per_channel(gx), _per_channel(gs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, u, p, q):
-        gamma, xh, r, pg, gxh, gr = ctx.saved_tensors
+        xh, r, pg, gx, gr = ctx.saved_tensors
         m = xh.shape[2] * xh.shape[3]
         d_g = d_x = d_gamma = None
         if u is not None:
-            pu, uxh = _project(u, xh)
+            pu, ux = _project(u, xh)
             a = (u * pg).sum(_SPATIAL, keepdim=True)
             d_g = gr * pu
-            d_gamma = (r * a).sum((0, 2, 3))
-            inner = torch.addcmul(torch.addcmul(a.div_(m) * xh, gxh, pu), uxh, pg)
-            d_x = (gr * inner).neg_()
+            d_gamma = _per_channel(r * a)
+            inner = torch.addcmul(torch.addcmul(a * xh, gx, pu), ux, pg)  # times M
+            d_x = torch.addcmul(p.view(1, -1, 1, 1) * pg, inner, gr, value=-1 / m) if p is not None \
+                else inner.mul_(gr).mul_(-1 / m)
+        elif p is not None:
+            d_x = p.view(1, -1, 1, 1) * pg
         if p is not None:
             p4 = p.view(1, -1, 1, 1)
             d_g = p4 * xh if d_g is None else d_g.addcmul_(p4, xh)
-            d_x = p4 * pg if d_x is None else d_x.addcmul_(p4, pg)
         if q is not None:
             q4 = q.view(1, -1, 1, 1)
             d_g = q4.expand_as(xh).clone() if d_g is None else d_g.add_(q4)

@@ -17,14 +17,18 @@ SMALL = {"anml": {"nm_channels": 8, "pln_channels": 16}, "oml": {"channels": 16}
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _losses(method: str, device: str, fast: bool, steps: int = 20) -> list[float]:
+def _losses(method: str, device: str, fast: bool, steps: int = 20, kernels: str | None = None) -> list[float]:
+    """``kernels``: the fast layers to swap in ("cpu" or "gpu"), instead of the device's own."""
+    from clbench.fast.layers import accelerate
     from clbench.process import configure
 
     configure(1, device)
     spec = registry.load(method)
     r = spec.meta.recipe(resolve_method_config(spec, "ci", SMALL[method]))
     pool, _ = metatrain.load_pool(None, r.image_size, device)
-    gen, model, opt = metatrain.fresh_start(r, device, fast)
+    gen, model, opt = metatrain.fresh_start(r, device, fast and kernels is None)
+    if kernels:
+        accelerate(model, kernels)
     # In float64: the two regroup their sums, and Adam would amplify float32's rounding differences into
     # visibly different trajectories within 20 steps; in float64 any difference in the maths would show.
     model.double()
@@ -37,6 +41,13 @@ def test_the_fast_step_follows_the_plain_definition_for_20_steps(method, device)
     fast, plain = _losses(method, device, True), _losses(method, device, False)
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-9, atol=0)
     assert max(fast) - min(fast) > 0.1  # 20 different tasks and a moving model: not two flat lines
+
+
+@pytest.mark.parametrize("method", ["anml", "oml"])
+def test_the_gpu_kernel_set_follows_the_plain_definition_on_the_cpu(method):
+    """The layers meta-training swaps in on CUDA (the hand-derived instance norm) run on the CPU too."""
+    gpu_kernels = _losses(method, "cpu", True, kernels="gpu")
+    torch.testing.assert_close(torch.tensor(gpu_kernels), torch.tensor(_losses(method, "cpu", False)), rtol=1e-9, atol=0)
 
 
 @CUDA

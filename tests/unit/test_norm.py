@@ -17,8 +17,9 @@ def _inputs(seed: int = 0, shape=(3, 4, 5, 6)):
     return [t.requires_grad_() for t in (x, gamma, beta)]
 
 
-def test_values_gradients_and_second_derivatives_equal_pytorchs():
-    x, gamma, beta = _inputs()
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (1, 4, 5, 6)])  # one image: the inner loop's batch
+def test_values_gradients_and_second_derivatives_equal_pytorchs(shape):
+    x, gamma, beta = _inputs(shape=shape)
     ours, ref = instance_norm(x, gamma, beta), F.instance_norm(x, weight=gamma, bias=beta)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
     gen = torch.Generator().manual_seed(1)
