@@ -155,3 +155,31 @@ def test_batched_forward_equals_per_task_forward_and_cache_resets(trained):
     model.train()
     assert model._cache is None  # training invalidates the generated weights
     model.eval()
+
+
+def test_one_pass_step_equals_separate_passes(omniglot):
+    """``observe`` emits the task's weights and the regularised tasks' in one hypernetwork pass; its
+    gradients equal those of the loss written as two passes (the task's, then the regulariser's), to float
+    rounding. Learning rate 0: the step leaves the gradients for the comparison and moves nothing."""
+    traj, _ = _stream(omniglot, 50)
+    s, t = _strategy(50, reg_tasks=2), 4
+    hnet = s.model.hnet
+    with torch.no_grad():
+        s.anchors = hnet.forward(cond_id=list(range(t)), ret_format="flattened")
+        s.anchors += 0.01 * torch.randn_like(s.anchors)
+    s.task = t
+    s.optimizer = torch.optim.SGD([*hnet.unconditional_params, hnet.conditional_params[t]], lr=0.0)
+    y = torch.from_numpy(traj.train_labels)
+    x = to_tensor(traj.train_images)[(y >= t * K) & (y < (t + 1) * K)][:32]
+    s.mbatch = [x, y[(y >= t * K) & (y < (t + 1) * K)][:32], torch.zeros(len(x), dtype=torch.long)]
+    draws = s.reg_rng.get_state()
+    s.observe()
+    one_pass = [p.grad.clone() for p in s.optimizer.param_groups[0]["params"]]
+    assert all(g.abs().sum() > 0 for g in one_pass)
+
+    s.optimizer.zero_grad()
+    s.reg_rng.set_state(draws)  # the same regularised tasks
+    ce = torch.nn.functional.cross_entropy(s.model.task_logits(s.mb_x, t), s.mb_y - t * K)
+    (ce + s.cfg.beta * s.output_regulariser()).backward()
+    for ours, separate in zip(one_pass, [p.grad for p in s.optimizer.param_groups[0]["params"]], strict=True):
+        assert torch.allclose(ours, separate, rtol=1e-4, atol=1e-7)
