@@ -4,8 +4,9 @@ A launch-bound GPU step costs about one host round trip per operation, and the c
 any device, so it is measured here, without a GPU: a ``TorchDispatchMode`` counts every ATen operation
 of one ``clbench.metatrain.meta_step`` at paper size (after a warm-up step), views excluded (they launch
 nothing). ``extra_info`` holds the total, the host synchronisations (``_local_scalar_dense``: a scalar
-read back to Python) and the most frequent operations; the timing is the counted step's, with the
-counter's own overhead.
+read back to Python, other than Adam's CPU-resident step counters; the drawn class index, read from the
+CPU generator's draw, counts here though it never waits for a GPU) and the most frequent operations; the
+timing is the counted step's, with the counter's own overhead.
 """
 
 from __future__ import annotations
@@ -20,15 +21,23 @@ DEVICE = os.environ.get("CLBENCH_BENCH_DEVICE", "cpu")
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen operations run under it, by name, leaving out views."""
+    """Counts the ATen operations run under it, by name, leaving out views.
 
-    def __init__(self):
+    Scalar reads of the tensors in ``cpu_resident`` (by storage) count as ``cpu_scalar_read``: Adam keeps
+    its step counters on the CPU on every device, so reading them never waits for a GPU.
+    """
+
+    def __init__(self, cpu_resident=()):
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.cpu_resident = {t.data_ptr() for t in cpu_resident}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
-            self.ops[str(func.overloadpacket).removeprefix("aten.")] += 1
+            name = str(func.overloadpacket).removeprefix("aten.")
+            if name == "_local_scalar_dense" and args[0].data_ptr() in self.cpu_resident:
+                name = "cpu_scalar_read"
+            self.ops[name] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -51,7 +60,7 @@ def _count(benchmark, method: str, kernels: str, overrides: dict | None = None):
     if kernels == "gpu":  # Adam's default on CUDA tensors: one multi-tensor operation per formula step
         opt = torch.optim.Adam(model.parameters(), lr=r.meta_lr, foreach=True)
     meta_step(model, opt, pool, gen, r, chunk=chunk)  # warm-up: Adam's state, the allocator
-    counter = OpCounter()
+    counter = OpCounter(cpu_resident=[state["step"] for state in opt.state.values()])
 
     def step():
         with counter:

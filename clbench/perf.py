@@ -192,7 +192,9 @@ def _dispatch_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
             "ATen operations dispatched by one paper-size outer step, views excluded (benchmarks/test_dispatch.py): "
             "on a GPU each is a kernel launch, so a launch-bound step's time follows this count. It is the same on "
             "any device, so it is counted on whichever ran. Kernel set `gpu`: the layers meta-training uses on "
-            "CUDA; `cpu`: those it uses on a CPU. Host syncs: scalars read back to Python.", "",
+            "CUDA; `cpu`: those it uses on a CPU. Host syncs: scalars read back to Python, Adam's step counters (kept "
+            "on the CPU on every device) left out; one of them, the drawn class, is a CPU draw that never waits "
+            "for a GPU.", "",
             "| method | order | kernel set | operations | host syncs | most frequent |",
             "|---|---|---|---:|---:|---|"]
     for b in runs:
