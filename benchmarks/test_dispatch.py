@@ -68,6 +68,7 @@ def _count(benchmark, method: str, kernels: str, overrides: dict | None = None):
 
     benchmark.pedantic(step, rounds=1)
     benchmark.extra_info.update(method=method, kernels=kernels, device=DEVICE, settings=overrides or {},
+                                first_order=r.first_order,
                                 ops=sum(counter.ops.values()), host_syncs=counter.ops["_local_scalar_dense"],
                                 top_ops=dict(counter.ops.most_common(12)))
 

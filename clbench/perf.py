@@ -190,7 +190,8 @@ def _dispatch_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
         return []
     rows = ["## Operations per meta-training outer step", "",
             "ATen operations dispatched by one paper-size outer step, views excluded (benchmarks/test_dispatch.py): "
-            "on a GPU each is a kernel launch, so a launch-bound step's time follows this count. It is the same on "
+            "on a GPU each is a kernel launch (but for the updates and reads of Adam's step counters, which "
+            "stay on the CPU on every device), so a launch-bound step's time follows this count. It is the same on "
             "any device, so it is counted on whichever ran. Kernel set `gpu`: the layers meta-training uses on "
             "CUDA; `cpu`: those it uses on a CPU. Host syncs: scalars read back to Python, Adam's step counters (kept "
             "on the CPU on every device) left out; one of them, the drawn class, is a CPU draw that never waits "
@@ -199,7 +200,7 @@ def _dispatch_rows(benchmarks: list[dict[str, Any]]) -> list[str]:
             "|---|---|---|---:|---:|---|"]
     for b in runs:
         i = b["extra_info"]
-        order = "first" if i.get("settings", {}).get("first_order") else "second"
+        order = "first" if i["first_order"] else "second"
         top = ", ".join(f"{k} {v:,}" for k, v in list(i.get("top_ops", {}).items())[:4])
         rows.append(f"| {i['method']} | {order} | {i['kernels']} | {i['ops']:,} | {i.get('host_syncs', 0)} | {top} |")
     return rows + [""]

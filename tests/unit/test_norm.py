@@ -34,6 +34,23 @@ def test_values_gradients_and_second_derivatives_equal_pytorchs(shape):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (0, 1), (1, 2)])
+def test_second_derivatives_through_some_gradients_only(used):
+    """A loss that reads only some of (dx, dgamma, dbeta): the double backward gets None for the others."""
+    x, gamma, beta = _inputs(3, (1, 4, 5, 6))
+    gen = torch.Generator().manual_seed(4)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64).requires_grad_()
+    directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (x, gamma, beta)]
+    second = []
+    for norm in (instance_norm(x, gamma, beta), F.instance_norm(x, weight=gamma, bias=beta)):
+        first = torch.autograd.grad(norm, (x, gamma, beta), v, create_graph=True)
+        loss = sum((first[i] * directions[i]).sum() for i in used)
+        grads = torch.autograd.grad(loss, (x, gamma, v), allow_unused=True)
+        second.append([torch.zeros_like(t) if g is None else g for g, t in zip(grads, (x, gamma, v), strict=True)])
+    for a, b in zip(*second, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 5, 5), (2, 2, 4, 3)])
 def test_gradgradcheck(shape):
     assert torch.autograd.gradgradcheck(lambda x, g, b: instance_norm(x, g, b), _inputs(2, shape))

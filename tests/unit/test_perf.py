@@ -84,7 +84,7 @@ def test_main_writes_the_file_and_rejects_a_missing_json(tmp_path, capsys):
 
 
 def test_the_operation_counts_say_method_order_and_kernel_set():
-    info = dict(method="anml", kernels="gpu", device="cpu", settings={"first_order": False}, ops=5730, host_syncs=2,
+    info = dict(method="anml", kernels="gpu", device="cpu", settings={}, first_order=False, ops=5730, host_syncs=2,
                 top_ops={"mul": 1200, "sum": 800, "add": 500, "convolution": 300, "relu": 10})
     text = perf.render({**DATA, "benchmarks": [_bench("test_anml_outer_step_ops[second-gpu]", 2.0, **info)]}, "cmd")
     section = text.split("## Operations per meta-training outer step")[1]
