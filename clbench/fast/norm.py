@@ -59,6 +59,7 @@ class _NormBackward(torch.autograd.Function):
         pg, gs, gx = _project(g, xh)
         gr = gamma.view(1, -1, 1, 1) * r
         ctx.save_for_backward(xh, r, pg, gx, gr)
+        # For one image dgamma is a view of the saved gx: an in-place change to it raises, never corrupts.
         return gr * pg, _per_channel(gx), _per_channel(gs)
 
     @staticmethod
