@@ -39,7 +39,7 @@ The cost is per class and grows a little as the generator grows; its knobs are `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,15 @@ SIDE = 14  # the generative memory works at 14x14: see ``to_memory``
 CLOSED = -6.0  # embedding of a closed unit: HAT clamps embeddings to +-6, sigmoid(s_max * -6) == 0
 
 
+class Learning(NamedTuple):
+    """The rows of the classes ``first, first + 1, ...`` being learned, as parameters of their own: views of
+    the generator's mask embeddings (one per hidden layer) and codes, so training them updates the tables."""
+
+    first: int
+    emb: list[nn.Parameter]
+    code: nn.Parameter
+
+
 class MaskedGenerator(nn.Module):
     """(z, learned class code) -> masked hidden layers -> ``side`` x ``side`` image in [0, 1] (white = 1)."""
 
@@ -132,15 +141,25 @@ class MaskedGenerator(nn.Module):
     def used(self, i: int) -> torch.Tensor:
         return getattr(self, f"used{i}")
 
-    def masks(self, y: torch.Tensor, s: float, s_max: float | None = None) -> list[torch.Tensor]:
-        """``sigmoid(s * e[y])`` per hidden layer.
+    def learning(self, first: int, end: int) -> Learning:
+        """Classes ``first..end-1``'s rows as trainable views. Only they receive gradient while they are
+        learned: training them alone spares every step the gradient, clamp and Adam update of the whole
+        ``n_classes``-row tables (zero everywhere else, so the tables end exactly the same)."""
+        emb = [nn.Parameter(e.detach()[first:end]) for e in self.emb]
+        return Learning(first, emb, nn.Parameter(self.code.detach()[first:end]))
+
+    def masks(self, y: torch.Tensor, s: float, s_max: float | None = None,
+              learning: Learning | None = None) -> list[torch.Tensor]:
+        """``sigmoid(s * e[y])`` per hidden layer (the rows of ``learning`` if given: ``y`` among its classes).
 
         With ``s_max`` given, the gradient is HAT's compensated one, ``s_max * sigmoid'(e)``: it does not
         vanish as ``s`` grows, so a unit can still flip late in an experience. (HAT rescales the raw
         gradient instead, which underflows to exactly 0 in float32 once ``s * e`` > ~17.)
         """
+        if learning is not None:
+            y = y - learning.first
         out = []
-        for e in self.emb:
+        for e in self.emb if learning is None else learning.emb:
             if not self.masked:
                 out.append(torch.ones_like(e[y]))
                 continue
@@ -151,10 +170,12 @@ class MaskedGenerator(nn.Module):
             out.append(m)
         return out
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor, s: float, s_max: float | None = None):
+    def forward(self, z: torch.Tensor, y: torch.Tensor, s: float, s_max: float | None = None,
+                learning: Learning | None = None):
         """Images [B, 1, side, side] for labels ``y`` at mask scale ``s``, and the masks used."""
-        masks = self.masks(y, s, s_max)
-        h = torch.cat([z, self.code[y]], 1)
+        masks = self.masks(y, s, s_max, learning)
+        code = self.code[y] if learning is None else learning.code[y - learning.first]
+        h = torch.cat([z, code], 1)
         for layer, m in zip(self.layers[:-1], masks, strict=True):
             h = F.relu(layer(h)) * m
         return torch.sigmoid(self.layers[-1](h)).view(len(z), 1, self.side, self.side), masks
@@ -196,8 +217,9 @@ class MaskedGenerator(nn.Module):
     def cand(self, i: int) -> torch.Tensor:
         return getattr(self, f"cand{i}")
 
-    def protect_grads(self) -> None:
-        """Zero the gradient of every weight (and bias) whose units earlier classes use.
+    def protect_grads(self, learning: Learning) -> None:
+        """Zero the gradient of every weight (and bias) whose units earlier classes use, and of every unit
+        the learned classes may not claim.
 
         HAT scales by ``1 - min(a_in, a_out)``; with thresholded cumulative masks that is 0 or 1, and an
         exact 0 lets Adam (fresh state per class) leave protected weights exactly where they are.
@@ -210,8 +232,9 @@ class MaskedGenerator(nn.Module):
             a_in = self.used(i - 1) if i > 0 else torch.ones_like(layer.weight[0])  # z, code: always used
             layer.weight.grad.mul_(1 - a_out[:, None] * a_in[None, :])
             layer.bias.grad.mul_(1 - a_out)
-        for i, e in enumerate(self.emb):
-            e.grad.mul_(self.cand(i))
+        end = learning.first + len(learning.code)
+        for i, e in enumerate(learning.emb):
+            e.grad.mul_(self.cand(i)[learning.first:end])
 
     @torch.no_grad()
     def grow(self, i: int, n_new: int) -> None:
@@ -374,11 +397,16 @@ class DGM(SupervisedTemplate):
 
     def _train_gan(self, x, y):
         cfg, g, d, b = self.cfg, self.generator, self.critic, self.cfg.batch
-        emb = [*g.emb, g.code]
-        rest = [p for p in g.parameters() if all(p is not e for e in emb)]
+        first = int(y.min())
+        if int(y.max()) - first + 1 != len(y.unique()):
+            raise ValueError("an experience's classes must be consecutive labels")
+        learning = g.learning(first, int(y.max()) + 1)
+        tables = [*g.emb, g.code]
+        rest = [p for p in g.parameters() if all(p is not t for t in tables)]
         # Fresh state each experience: a protected weight has zero gradient and zero moments, so
         # Adam leaves it exactly where it is.
-        opt_g = _adam([{"params": rest}, {"params": emb, "lr": cfg.lr_emb}], cfg.lr_g, cfg.betas)
+        opt_g = _adam([{"params": rest}, {"params": [*learning.emb, learning.code], "lr": cfg.lr_emb}],
+                      cfg.lr_g, cfg.betas)
         free = 1 - torch.cat([g.used(i) for i in range(len(g.emb))])
         # HAT divides the penalty by the free capacity, so a unit gets cheaper as the layer grows;
         # pricing by the initial capacity times total/free (DGM's scaling of lambda_RU) keeps the
@@ -390,7 +418,7 @@ class DGM(SupervisedTemplate):
             s = 1 / cfg.s_max + (cfg.s_max - 1 / cfg.s_max) * it / max(1, iters - 1)
             idx = torch.randint(0, len(x), (b,), device=self.device)
             xr, yr = x[idx], y[idx]
-            xf, masks = g(torch.randn(b, cfg.nz, device=self.device), yr, s, cfg.s_max)
+            xf, masks = g(torch.randn(b, cfg.nz, device=self.device), yr, s, cfg.s_max, learning)
             yo = torch.randint(0, max(1, old), (cfg.replay_batch if old else 0,), device=self.device)
             xo = self._generate(yo)
 
@@ -414,10 +442,10 @@ class DGM(SupervisedTemplate):
                 loss_g = loss_g + price * (torch.cat([m[0] for m in masks]) * free).sum()
             opt_g.zero_grad()
             loss_g.backward()
-            g.protect_grads()
+            g.protect_grads(learning)
             opt_g.step()
             with torch.no_grad():  # HAT's clamp: at s_max every mask is then saturated
-                for e in g.emb:
+                for e in learning.emb:
                     e.clamp_(-6, 6)
 
     def _train_solver(self, x, y):

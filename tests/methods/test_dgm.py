@@ -59,6 +59,22 @@ def test_masks_keep_earlier_classes_images(omniglot):
     assert unprotected > 0.3
 
 
+def test_an_experience_trains_its_own_classes_rows_and_no_others(omniglot):
+    """The mask embeddings and codes of class 2 train as views of their tables' rows: every other class's
+    rows stay exactly as they were, and training reaches the tables (the code row, which only training
+    changes, moved)."""
+    s, _, stream = _run(omniglot, 4, **SHORT)
+    for exp in stream[:2]:
+        s.train(exp)
+    g = s.generator
+    before = [t.detach().clone() for t in (*g.emb, g.code)]
+    s.train(stream[2])
+    others = torch.arange(len(g.code)) != 2
+    for old, new in zip(before, (*g.emb, g.code), strict=True):
+        assert torch.equal(new[others], old[others])
+    assert not torch.equal(g.code[2], before[-1][2])
+
+
 def test_expansion_adds_units_and_training_goes_on(omniglot):
     # Tiny layers, and free units cost nothing: the first class takes ~3/4 of them, later ones claim
     # more, so the layers must grow.
