@@ -77,7 +77,7 @@ def test_cached_features_train_the_strategys_head(method, optimizer, hidden, cac
     start = _fastmeta._replay(MODULES[method].SPEC, job, 8, MODULES[method].split)[2]
     assert len(fast_weights) == len(ref_weights) == len(start) == (4 if hidden else 2)
     for r, f, s in zip(ref_weights, fast_weights, start, strict=True):
-        torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=5e-5)  # float32 Adam steps, sums regrouped
         assert (f - s).abs().max() > 1e-3  # every trained tensor learned: the comparison is not vacuous
     _same_results(ref, fast)  # identical accuracies, accuracy matrices, stream and checkpoint hashes
     assert [o.n_classes for o in fast] == [4, 8] and len(fast[-1].matrix) == 8
