@@ -6,11 +6,7 @@
 #   3. clbench perf -> results/perf-gpu.md (and its JSON), copied to $OUT when the device tool sets it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .gpu/wheels/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-mkdir -p /tmp/og && tar -xf .gpu/omniglot.tar -C /tmp/og
-export CLBENCH_DATA=/tmp/og CLBENCH_CACHE=/tmp/clbench-cache
+source benchmarks/gpu-env.sh
 out=${OUT:-results/gpu-check}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"

@@ -222,3 +222,31 @@ def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch)
     empty = dataclasses.replace(ctx, cache_dir=tmp_path / "empty")
     assert metatrain.cached_hash(oml.SPEC, cfg, empty) == h
     assert metatrain.ensure_checkpoint(oml.SPEC, cfg, empty, allow_training=False)[1] == h
+
+
+def test_gpu_metatrain_script_returns_a_checkpoint_that_imports(tmp_path):
+    """benchmarks/gpu-metatrain.sh, run here on the CPU: the parts it leaves in $OUT join into an exported
+    checkpoint that imports (its hashes verified) into another cache as the one the script trained."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DEVICE": "cpu",
+           "PROFILE": "ci", "CHECKPOINT_EVERY": "2",
+           "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    tiny = "oml:meta_steps=4,channels=8,inner_images=3,remember=4"
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu-metatrain.sh"), tiny], env=env, cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trained = [line.split() for line in proc.stdout.splitlines() if line.startswith("oml: checkpoint ")]
+    assert len(trained) == 1
+    checkpoint_hash, folder = trained[0][2], Path(trained[0][4])
+    parts = sorted((tmp_path / "out").glob(f"{folder.name}.safetensors.part-*"))
+    assert parts
+    joined = tmp_path / f"{folder.name}.safetensors"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    assert cli.main(["checkpoints", "import", str(joined), "--cache-dir", str(tmp_path / "elsewhere")]) == 0
+    installed = json.loads((tmp_path / "elsewhere" / "checkpoints" / folder.name / "model.json").read_text())
+    assert installed["checkpoint_hash"] == checkpoint_hash and installed["steps_done"] == 4
