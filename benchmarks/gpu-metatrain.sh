@@ -28,7 +28,9 @@ for arg in "$@"; do
     # SIGINT first: meta-training is cut between outer steps and the last save stays valid.
     timeout --signal=INT --kill-after=20 "$(left)" python3 -m clbench.cli meta-train --method "$method" \
         --profile "$profile" --device "$device" "${set_args[@]}" 2>&1 | tee -a "$out/metatrain.log"
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "$arg: not finished in this call; call again"; status=3; break; fi
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 124 ]; then echo "$arg: not finished in this call; call again"; status=3; break; fi
+    if [ "$rc" -ne 0 ]; then echo "$arg: meta-training failed (exit $rc): see $out/metatrain.log"; status=1; continue; fi
     # meta-train ends with "METHOD: checkpoint HASH in FOLDER (N s)": export that folder alone.
     folder=$(grep -o "^$method: checkpoint [0-9a-f]* in [^ ]*" "$out/metatrain.log" | tail -n1 | awk '{print $5}')
     rm -f "$CLBENCH_CACHE"/export/*
