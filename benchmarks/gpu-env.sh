@@ -1,7 +1,7 @@
 # Sourced by the GPU scripts on a lent machine (from the repository root, .gpu/ filled by
 # benchmarks/gpu-prepare.sh and carried): Avalanche and its imports from the carried wheels where the
-# image lacks them, Omniglot from its carried tar, the cache in .gpu-cache/ (ignored and never carried: a warm machine's next
-# call finds what this one left there).
+# image lacks them, Omniglot from its carried tar, the cache in .gpu-cache/ (ignored and never carried:
+# a warm machine's next call finds what this one left there).
 if ! python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('avalanche') and u.find_spec('hypnettorch')))"
 then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
