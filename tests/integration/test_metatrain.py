@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,11 +231,6 @@ def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch)
 def test_gpu_metatrain_script_returns_a_checkpoint_that_imports(tmp_path):
     """benchmarks/gpu-metatrain.sh, run here on the CPU: the parts it leaves in $OUT join into an exported
     checkpoint that imports (its hashes verified) into another cache as the one the script trained."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DEVICE": "cpu",
            "PROFILE": "ci", "CHECKPOINT_EVERY": "2",
