@@ -94,25 +94,30 @@ def reset_rows(linear: nn.Linear, rows, generator: torch.Generator | None = None
 def predict_in_chunks(strategy, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """Logits of a meta-test strategy's whole model, in chunks (``MethodSpec.predict`` of ANML and OML)."""
     strategy.model.eval()
-    return torch.cat([strategy.model(x[i:i + chunk].to(strategy.device)).cpu() for i in range(0, len(x), chunk)])
+    logits = torch.cat([strategy.model(x[i:i + chunk].to(strategy.device)).cpu() for i in range(0, len(x), chunk)])
+    seen = getattr(strategy, "seen", None)  # the head masked to the classes seen (MaskUnseen)
+    return logits if seen is None else logits.masked_fill(~seen, float("-inf"))
 
 
 def meta_test_strategy(model: nn.Module, trainable: list[nn.Parameter], optimizer_name: str, lr: float,
-                       checkpoint_hash: str, ctx: BuildContext):
+                       checkpoint_hash: str, ctx: BuildContext, mask_unseen: bool = False):
     """ANML's and OML's meta-test learner (``clbench.strategy.MetaTestStrategy``): one pass over the stream
     at batch size 1, updating ``trainable`` and nothing else, with one optimiser whose state lasts the
-    whole stream.
+    whole stream. ``mask_unseen``: the head's outputs of classes not seen yet are -inf, in training and
+    prediction (``clbench.strategy.MaskUnseen``); otherwise argmax over the whole head, as the references.
 
     Avalanche's ``train()`` puts the whole model in training mode; harmless here, since InstanceNorm
     without running statistics and ReLU compute the same in both modes.
     """
-    from clbench.strategy import MetaTestStrategy
+    from clbench.strategy import MaskUnseen, MetaTestStrategy
 
     for p in model.parameters():
         p.requires_grad_(False)  # no gradient is ever computed for the frozen parts
     for p in trainable:
         p.requires_grad_(True)
+    plugins = [MaskUnseen(trainable[-1].shape[0])] if mask_unseen else []
     strategy = MetaTestStrategy(model=model, optimizer=optimizer(optimizer_name, trainable, lr), train_mb_size=1,
-                                train_epochs=1, fast=ctx.fast, **strategy_kwargs(ctx))
+                                train_epochs=1, fast=ctx.fast, **strategy_kwargs(ctx, *plugins))
+    strategy.seen = None  # MaskUnseen's mask, once training begins
     strategy.checkpoint_hash = checkpoint_hash
     return strategy

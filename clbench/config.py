@@ -55,6 +55,13 @@ class Range:
         return " and ".join(p for p in parts if p)
 
 
+@dataclass(frozen=True)
+class HashedWhenSet:
+    """Marks a setting added after rows were stored: ``Annotated[bool, HashedWhenSet()] = False``. The
+    config hash leaves it out while it holds its default, so adding the setting leaves every stored row
+    current, and a run that sets it gets rows of its own."""
+
+
 # The types method settings declare (every float must also be finite, whatever its range).
 Positive = Annotated[float, Range(gt=0)]  # step sizes, temperatures
 NonNegative = Annotated[float, Range(ge=0)]  # loss weights, where 0 switches a term off
@@ -175,8 +182,18 @@ def config_dict(cfg) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def _hashed_when_set(cls) -> set[str]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {name for name, typ in hints.items() if typing.get_origin(typ) is Annotated
+            and any(isinstance(m, HashedWhenSet) for m in typing.get_args(typ)[1:])}
+
+
 def config_hash(method: str, profile: str, cfg) -> str:
-    payload = json.dumps({"method": method, "profile": profile, "config": config_dict(cfg)}, sort_keys=True)
+    values = config_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.name in _hashed_when_set(type(cfg)) and getattr(cfg, f.name) == f.default:
+            del values[f.name]
+    payload = json.dumps({"method": method, "profile": profile, "config": values}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
+import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.utils import trigger_plugins
@@ -114,3 +116,27 @@ class SilentEvaluator(EvaluationPlugin):
     # Even an inactive evaluator copies the experience on every callback, a real cost at one image per step.
     def _update_metrics_and_loggers(self, strategy, callback):
         return []
+
+
+class MaskUnseen(SupervisedPlugin):
+    """A head masked to the classes seen so far: the logits of every class no experience has brought yet
+    are -inf, in the training loss (so no gradient reaches their outputs) and in prediction.
+
+    The strategy's ``seen`` holds the mask, a bool per output, which ``clbench.blocks.predict_in_chunks``
+    applies; the fast meta-test (``clbench.fast.meta_test.Heads``) masks the same logits.
+    """
+
+    def __init__(self, n_outputs: int):
+        super().__init__()
+        self.n_outputs = n_outputs
+
+    def before_training(self, strategy, **kwargs):
+        if getattr(strategy, "seen", None) is None:
+            strategy.seen = torch.zeros(self.n_outputs, dtype=torch.bool)
+
+    def before_training_exp(self, strategy, **kwargs):
+        strategy.seen[list(strategy.experience.dataset.targets.uniques)] = True
+
+    def after_forward(self, strategy, **kwargs):
+        strategy.mb_output = strategy.mb_output.masked_fill(~strategy.seen.to(strategy.mb_output.device),
+                                                            float("-inf"))

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.blocks import ADAM_LR_GRID, meta_test_strategy, predict_in_chunks, reset_rows
-from clbench.config import Count, Natural, Optimizer, Positive, Range
+from clbench.config import Count, HashedWhenSet, Natural, Optimizer, Positive, Range
 from clbench.fast.metagrad import chunk_for
 from clbench.metatrain import Recipe, ensure_checkpoint
 from clbench.registry import BuildContext, MetaLearning, MethodSpec
@@ -38,6 +38,8 @@ class Config:
     # meta-test
     lr: Positive = 3e-4  # head step size; chosen per length from SPEC.tuned on validation streams
     optimizer: Optimizer = "adam"  # ref code's evaluate_classification.py uses Adam (the paper says SGD)
+    # the references take the argmax over the whole head; True masks it to the classes seen so far
+    mask_unseen: Annotated[bool, HashedWhenSet()] = False
     # network
     in_channels: Annotated[int, Range(ge=1, le=3)] = 3  # ref code repeats the grey image; 1 feeds it as is
     nm_channels: Count = 112  # paper / ref code
@@ -169,7 +171,8 @@ def build(cfg: Config, ctx: BuildContext):
     model.load_state_dict(state)
     # A fresh head per trajectory (ref code: kaiming weights, zero bias), seeded by the trajectory.
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
-    return meta_test_strategy(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
+    return meta_test_strategy(model, list(model.head.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx,
+                              mask_unseen=cfg.mask_unseen)
 
 
 def split(model: ANMLNet):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.blocks import ADAM_LR_GRID, meta_test_strategy, predict_in_chunks, reset_rows
-from clbench.config import Count, Natural, Optimizer, Positive, Range
+from clbench.config import Count, HashedWhenSet, Natural, Optimizer, Positive, Range
 from clbench.metatrain import Recipe, ensure_checkpoint
 from clbench.registry import BuildContext, MetaLearning, MethodSpec
 
@@ -37,6 +37,8 @@ class Config:
     # meta-test
     lr: Positive = 3e-4  # PLN step size; chosen per length from SPEC.tuned on validation streams
     optimizer: Optimizer = "adam"  # the OML/ANML evaluate_classification.py scripts use Adam
+    # the references take the argmax over the whole head; True masks it to the classes seen so far
+    mask_unseen: Annotated[bool, HashedWhenSet()] = False
     # network
     input_size: Count = 28  # 28: the ANML paper's OML variant; 84: the OML paper's
     channels: Count = 256  # OML paper / code: 256 * 3 * 3 = 2304 features
@@ -137,7 +139,8 @@ def build(cfg: Config, ctx: BuildContext):
     model = OMLNet(**arch(cfg))
     model.load_state_dict(state)
     reset_rows(model.head, range(cfg.n_outputs), torch.Generator().manual_seed(ctx.seed), bias=True)
-    return meta_test_strategy(model, list(model.learner.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx)
+    return meta_test_strategy(model, list(model.learner.parameters()), cfg.optimizer, cfg.lr, checkpoint_hash, ctx,
+                              mask_unseen=cfg.mask_unseen)
 
 
 def split(model: OMLNet):

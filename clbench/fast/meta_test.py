@@ -16,6 +16,7 @@ approximation of it:
 - same maths per step: ``F.linear``, cross-entropy through autograd for the gradient w.r.t. the
   logits, the rank-1 weight gradient ``g h^T``, and torch.optim's single-tensor Adam/SGD formula (same
   op order, eps after the bias-corrected square root, step size ``lr / (1 - beta1^t)``);
+- a head masked to the classes seen (``mask_unseen``): the same -inf logits, in the loss and the argmax;
 - plain SGD on one Linear (ANML's head, the paper's meta-test) runs blocks of up to 75 steps as two
   matrix products (``Heads.sgd_block``): the same updates, regrouped.
 tests/methods/test_fastmeta.py asks the strategy's trained weights to 1e-5 and identical accuracies
@@ -169,10 +170,12 @@ class Heads:
 
     ``batched``: one kernel per op over all K (``bmm`` forward, broadcast updates); otherwise each
     trajectory is updated alone through the very calls torch.optim makes, in cache-sized row blocks.
+    ``mask_unseen``: the logits of classes above the step's label (not seen yet, as labels come in order)
+    are -inf (``clbench.strategy.MaskUnseen``).
     """
 
     def __init__(self, init: list[list[torch.Tensor]], lrs: list[float], optimizer: torch.optim.Optimizer,
-                 batched: bool):
+                 batched: bool, mask_unseen: bool = False):
         g = optimizer.param_groups[0]
         self.kind = type(optimizer).__name__
         if self.kind == "Adam":
@@ -185,7 +188,7 @@ class Heads:
             raise NotImplementedError(f"the fast meta-test does plain Adam and SGD, not this {self.kind}")
         self.betas, self.eps = g.get("betas"), g.get("eps")
         self.params = [torch.stack(ps) for ps in zip(*init, strict=True)]  # [W1, b1, W2, b2, ...]
-        self.lrs, self.batched, self.t = list(lrs), batched, 0
+        self.lrs, self.batched, self.mask_unseen, self.t = list(lrs), batched, mask_unseen, 0
         self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params] if self.kind == "Adam" else []
         self._bufs: dict[tuple, torch.Tensor] = {}
 
@@ -203,8 +206,16 @@ class Heads:
             return torch.baddbmm(b.unsqueeze(1), h.unsqueeze(1), w.transpose(1, 2)).squeeze(1)
         return torch.cat([F.linear(h[k:k + 1], w[k], b[k]) for k in range(len(w))])
 
-    def logits(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Trajectory ``k``'s logits for features ``x`` [n, d], chunked as the strategy's ``predict``."""
+    def _masked(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits ``z`` [K, C] at labels ``y`` [K], those of classes above the label -inf if masking."""
+        if not self.mask_unseen:
+            return z
+        classes = torch.arange(z.shape[1], device=z.device)
+        return z.masked_fill(classes > y[:, None], float("-inf"))
+
+    def logits(self, k: int, x: torch.Tensor, seen: int) -> torch.Tensor:
+        """Trajectory ``k``'s logits for features ``x`` [n, d] after ``seen`` classes, chunked as the
+        strategy's ``predict``."""
         out = []
         layers = len(self.params) // 2
         for i in range(0, len(x), EVAL_CHUNK):
@@ -213,7 +224,10 @@ class Heads:
                 h = F.linear(h, self.params[2 * layer][k], self.params[2 * layer + 1][k])
                 h = torch.relu(h) if layer < layers - 1 else h
             out.append(h.float().cpu())
-        return torch.cat(out)
+        logits = torch.cat(out)
+        if self.mask_unseen:
+            logits[:, seen:] = float("-inf")
+        return logits
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -229,7 +243,7 @@ class Heads:
                 outs.append(z)
                 h = torch.relu(z) if layer < layers - 1 else z
             # Sum over trajectories = each one's batch-1 mean: the same -1 at the label per row.
-            grads = torch.autograd.grad(F.cross_entropy(h, y, reduction="sum"), outs)
+            grads = torch.autograd.grad(F.cross_entropy(self._masked(h, y), y, reduction="sum"), outs)
         self.t += 1
         for layer, (h, g) in enumerate(zip(inputs, grads, strict=True)):
             self._update(2 * layer, g, h)  # weight: gradient g h^T
@@ -260,7 +274,7 @@ class Heads:
         at = torch.arange(k, device=w.device)
         for s in range(steps):
             z = z0[:, s] if s == 0 else z0[:, s] - torch.bmm(gram[:, s:s + 1, :s], err[:, :s]).squeeze(1)
-            p = torch.softmax(z, dim=1)
+            p = torch.softmax(self._masked(z, y[:, s]), dim=1)
             p[at, y[:, s]] -= 1
             err[:, s] = p
         self.t += steps
@@ -340,6 +354,8 @@ def _replay(spec, job: Job, n_max: int, split: Split):
 def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None, batched: bool | None = None
                ) -> list[list[Outcome]]:
     """Outcomes per job; ``weights`` (tests) receives each job's trained layers, by position in ``jobs``."""
+    from clbench.strategy import MaskUnseen
+
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="avalanche")
     job0 = jobs[0]
     configure(job0.threads, job0.device)
@@ -362,7 +378,8 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None, batch
                       checkpoint_hash, data.content_hash)
     feature_s = (time.perf_counter() - t0) / len(jobs)  # shared work, charged evenly
     heads = Heads([seeds[job.seed][2] for job in jobs], [cfg.lr for cfg in cfgs], strategy.optimizer,
-                  batched=device.type == "cuda" if batched is None else batched)
+                  batched=device.type == "cuda" if batched is None else batched,
+                  mask_unseen=any(isinstance(p, MaskUnseen) for p in strategy.plugins))
     heads.params = [p.to(device) for p in heads.params]
     heads.state = [(m.to(device), v.to(device)) for m, v in heads.state]
 
@@ -395,7 +412,7 @@ def _run_batch(jobs: list[Job], split: Split, weights: dict | None = None, batch
             if matrices[j] is not None and seen <= job.matrix_max:
                 test = _rows(classes[j][:seen], TEST).to(device)
                 y_test = torch.arange(seen).repeat_interleave(len(TEST))
-                correct = (heads.logits(k, table.rows[test]).argmax(1) == y_test).float()
+                correct = (heads.logits(k, table.rows[test], seen).argmax(1) == y_test).float()
                 matrices[j].append([correct[y_test == u].mean().item() for u in range(seen)])
             if seen in job.lengths:
                 outcomes[j].append(_evaluate(heads, k, job, classes[j][:seen], table.rows, pool, data.content_hash,
@@ -438,7 +455,7 @@ def _evaluate(heads: Heads, k: int, job: Job, class_ids, features: torch.Tensor,
         if split not in job.splits:
             continue
         y = torch.arange(n).repeat_interleave(len(drawers))
-        logits = heads.logits(k, features[_rows(class_ids, drawers).to(features.device)])
+        logits = heads.logits(k, features[_rows(class_ids, drawers).to(features.device)], n)
         acc[split] = accuracy(logits, y)
         diverged |= acc[split] is None
         n_samples[split] = len(y)

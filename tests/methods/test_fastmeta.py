@@ -85,6 +85,24 @@ def test_cached_features_train_the_strategys_head(method, optimizer, hidden, cac
         assert fast[-1].acc["train"] > 0.3  # chance is 1/8
 
 
+@pytest.mark.parametrize("method,optimizer", [("anml", "adam"), ("anml", "sgd"), ("oml", "adam")])
+def test_masked_head_trains_as_the_strategy_and_leaves_unseen_classes_alone(method, optimizer, cache, monkeypatch):
+    """``mask_unseen``: the strategy (its MaskUnseen plugin) and the fast path train the same head, whose
+    outputs of classes never seen keep their initial weights, and score the same; unmasked, they move."""
+    job = _job(method, cache, optimizer=optimizer, lr=LR[method, optimizer], mask_unseen=True)
+    ref, ref_weights = _reference(job, monkeypatch)
+    (fast,), (fast_weights,) = _fast([job])
+    start = _fastmeta._replay(MODULES[method].SPEC, job, 8, MODULES[method].split)[2]
+    for r, f in zip(ref_weights, fast_weights, strict=True):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=5e-5)
+    _same_results(ref, fast)
+    (w, b), (w0, b0) = fast_weights[-2:], start[-2:]
+    assert torch.equal(w[8:], w0[8:]) and torch.equal(b[8:], b0[8:])  # 8 classes seen, of 1000 outputs
+    assert (w[:8] - w0[:8]).abs().max() > 1e-3
+    (_,), (plain,) = _fast([dataclasses.replace(job, config=dataclasses.replace(job.config, mask_unseen=False))])
+    assert not torch.equal(plain[-2][8:], w0[8:])  # without the mask, every output's weights move
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_trajectories_run_together_as_each_alone(batched, cache, monkeypatch):
     """Step sizes and seeds stacked, one trajectory shorter than the rest (it leaves the stack early)."""

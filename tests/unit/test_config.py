@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Annotated
 
 import pytest
 
@@ -7,6 +8,7 @@ from clbench.config import (
     ConfigError,
     Count,
     Fraction,
+    HashedWhenSet,
     Optimizer,
     Positive,
     config_hash,
@@ -57,6 +59,20 @@ def test_config_hash_separates_profiles_and_values():
     other = resolve_method_config(MOD, "default", {"lr": 1})
     assert config_hash("toy", "default", a) != config_hash("toy", "default", other)
     assert config_hash("toy", "default", a) == config_hash("toy", "default", resolve_method_config(MOD, "default"))
+
+
+@dataclass(frozen=True)
+class Grown(Config):
+    masked: Annotated[bool, HashedWhenSet()] = False  # a setting added after rows were stored
+
+
+def test_a_setting_hashed_when_set_keeps_old_hashes_at_its_default():
+    grown = MethodSpec("toy", Grown, build=lambda cfg, ctx: None)
+    old = config_hash("toy", "default", resolve_method_config(MOD, "default"))
+    assert config_hash("toy", "default", resolve_method_config(grown, "default")) == old
+    assert config_hash("toy", "default", resolve_method_config(grown, "default", {"masked": "false"})) == old
+    masked = resolve_method_config(grown, "default", {"masked": "true"})
+    assert masked.masked is True and config_hash("toy", "default", masked) != old
 
 
 def test_parse_set_and_file(tmp_path):
