@@ -353,11 +353,18 @@ def estimate_seconds(spec, cfg, ctx, steps: int = 2) -> float:
 
 def meta_train_command(spec, cfg, profile: str) -> str:
     """The ``clbench meta-train`` command that makes ``cfg``'s checkpoint: the profile, and ``--set`` for
-    every setting that differs from it."""
+    every setting that differs from the profile's and changes the checkpoint (meta-test settings do not)."""
     from clbench.config import config_dict, resolve_method_config
 
-    base = config_dict(resolve_method_config(spec, profile))
-    sets = [f" --set {k}={v}" for k, v in config_dict(cfg).items() if base.get(k) != v]
+    base_cfg = resolve_method_config(spec, profile)
+    base, ours = config_dict(base_cfg), config_dict(cfg)
+
+    def changes_checkpoint(k: str) -> bool:
+        alone = dataclasses.replace(base_cfg, **{k: getattr(cfg, k)})
+        return identity(spec, alone, profile) != identity(spec, base_cfg, profile)
+
+    sets = [f" --set {k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in ours.items()
+            if base.get(k) != v and changes_checkpoint(k)]
     return f"clbench meta-train --method {spec.name} --profile {profile}" + "".join(sets)
 
 

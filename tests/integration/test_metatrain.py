@@ -8,15 +8,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
-from clbench import cli, metatrain
+from clbench import checkpoints, cli, metatrain, registry
 from clbench.blocks import init_kaiming
+from clbench.config import parse_set, resolve_method_config
 from clbench.metatrain import Recipe, load_pool, sample_task
 from clbench.methods import anml, oml
 from clbench.registry import BuildContext
@@ -168,7 +171,8 @@ def test_a_build_from_python_refuses_to_meta_train_and_names_the_command(tmp_pat
     ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=tmp_path)
     with pytest.raises(UsageError) as e:
         oml.build(cfg, ctx)
-    assert ("make it with `clbench meta-train --method oml --profile ci --set lr=0.0003 --set channels=8 "
+    # the meta-test step size (lr=3e-4, not the profile's) does not change the checkpoint: not named
+    assert ("make it with `clbench meta-train --method oml --profile ci --set channels=8 "
             "--set meta_steps=2 --set meta_lr=0.0001 --set inner_images=2 --set remember=4`") in str(e.value)
     assert "BuildContext(meta_train=True)" in str(e.value) and not (tmp_path / "checkpoints").exists()
     strategy = oml.build(cfg, dataclasses.replace(ctx, meta_train=True))  # allowed: it meta-trains, then builds
@@ -178,8 +182,6 @@ def test_a_build_from_python_refuses_to_meta_train_and_names_the_command(tmp_pat
 def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch):
     """A checkpoint exported from one cache installs in another, where a build finds it without meta-training;
     a damaged file or another dataset's checkpoint is refused in one line, and nothing is installed."""
-    from clbench import checkpoints
-
     cfg = oml.Config(channels=8, meta_steps=2, inner_images=2, remember=4)
     made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
     ctx = BuildContext(n_classes=5, classes_per_exp=1, seed=0, device="cpu", profile="ci", cache_dir=made)
@@ -197,7 +199,6 @@ def test_checkpoints_export_and_import_round_trip(tmp_path, capsys, monkeypatch)
     assert cli.main(["checkpoints", "ls", "--cache-dir", str(elsewhere)]) == 0
     assert f"| {h}" in capsys.readouterr().out
 
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(file), framework="pt") as f:
@@ -249,3 +250,21 @@ def test_gpu_metatrain_script_returns_a_checkpoint_that_imports(tmp_path):
     assert cli.main(["checkpoints", "import", str(joined), "--cache-dir", str(tmp_path / "elsewhere")]) == 0
     installed = json.loads((tmp_path / "elsewhere" / "checkpoints" / folder.name / "model.json").read_text())
     assert installed["checkpoint_hash"] == checkpoint_hash and installed["steps_done"] == 4
+
+
+def test_checkpoints_md_names_the_command_that_remakes_each_committed_checkpoint():
+    """Each committed checkpoint's "remake with" command, read back as the CLI reads it, gives its recipe key."""
+    table = checkpoints.committed_markdown("test")
+    files = [f for d in checkpoints.committed_dirs() for f in sorted(d.glob("*" + checkpoints.SUFFIX))]
+    assert files
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            key = json.loads(f.metadata()["clbench"])["key"]
+        (line,) = [row for row in table.splitlines() if f"`{file.name}`" in row]
+        command = re.search(r"`(clbench meta-train [^`]*)`", line).group(1).split()
+        assert command[command.index("--method") + 1] == key["method"]
+        profile = command[command.index("--profile") + 1]
+        sets = parse_set([command[i + 1] for i, word in enumerate(command) if word == "--set"], key["method"])
+        spec = registry.load(key["method"])
+        cfg = resolve_method_config(spec, profile, sets.get(key["method"], {}))
+        assert spec.meta.recipe(cfg).key(profile, key["data"]) == key
