@@ -106,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--cache-dir", default=None, help="the cache holding checkpoints/ [$CLBENCH_CACHE]")
 
     lb = sub.add_parser("leaderboard", help="markdown tables (and a plot) from stored rows")
-    lb.add_argument("--store", default="runs", help="directory holding results.jsonl [runs]")
+    lb.add_argument("--store", action="append", default=None,
+                    help="directory holding results.jsonl (repeatable: the stores' rows together) [runs]")
+    lb.add_argument("--methods", default=None, help="only these methods' rows, comma-separated [all]")
+    lb.add_argument("--profile", default=None, choices=PROFILES, help="only rows of this profile [all]")
     lb.add_argument("--output", default=None, help="write the table here (default: stdout)")
     lb.add_argument("--format", default="md", choices=("md", "csv", "json"),
                     help="md: the markdown leaderboard; csv/json: one line per (method, series, length, split)")
@@ -301,19 +304,29 @@ def _store_rows(store: str):
     return rows
 
 
-def _provenance(store) -> dict:
-    """The run records and the selection records kept beside a store's rows (absent files: none)."""
+def _provenance(*stores) -> dict:
+    """The run records and the selection records kept beside the stores' rows (absent files: none)."""
     from clbench.results import Store
 
-    return {"runs": Store(store, RUNS).records(), "selection": Store(store, "selection.jsonl").records()}
+    return {"runs": [r for s in stores for r in Store(s, RUNS).records()],
+            "selection": [r for s in stores for r in Store(s, "selection.jsonl").records()]}
 
 
 def _cmd_leaderboard(args, argv) -> int:
     from clbench import leaderboard
 
-    rows = _store_rows(args.store)
+    stores = args.store or ["runs"]
+    rows = [r for store in stores for r in _store_rows(store)]
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        registry.check_names(wanted)
+        rows = [r for r in rows if r.method in wanted]
+    rows = [r for r in rows if args.profile in (None, r.profile)]
+    if not rows:
+        raise CLIError(f"no rows of {args.methods or 'any method'} [{args.profile or 'any profile'}] in "
+                       f"{', '.join(stores)}")
     if args.format == "md":
-        text = leaderboard.render(rows, command_line(argv), **_provenance(args.store))
+        text = leaderboard.render(rows, command_line(argv), **_provenance(*stores))
     else:
         text = leaderboard.export(rows, args.format)
     if args.output:

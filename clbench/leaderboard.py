@@ -15,9 +15,33 @@ from clbench.registry import METHODS
 from clbench.results import Row, aggregate
 
 
-def _label(method: str, profile: str, config_hash: str, multi: bool, series: str = "") -> str:
-    label = method if profile == "default" else f"{method} [{profile}]"
-    return f"{label} ({config_hash[:6]}/{series[:6]})" if multi else label
+def _label(method: str, profile: str) -> str:
+    return method if profile == "default" else f"{method} [{profile}]"
+
+
+def labels(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], str]:
+    """A name per (method, profile, config hash, series): the method, its profile unless ``default``, and,
+    where one method and profile has several configs, the settings that set each apart from the others
+    (the tuned ones aside: they change with the length); a series hash only where one config has several."""
+    from clbench import registry
+
+    configs: dict[tuple[str, str, str], dict] = {}
+    series: dict[tuple[str, str, str], set[str]] = {}
+    for r in rows:
+        configs.setdefault((r.method, r.profile, r.config_hash), r.config)
+        series.setdefault((r.method, r.profile, r.config_hash), set()).add(r.series)
+    out = {}
+    for (method, profile, chash), cfg in configs.items():
+        peers = [c for k, c in configs.items() if k[:2] == (method, profile)]
+        label = _label(method, profile)
+        if len(peers) > 1:
+            tuned = set(registry.load(method).tuned) if method in registry.names() else set()
+            apart = [f"{k}={v}" for k, v in cfg.items() if k not in tuned and any(p.get(k) != v for p in peers)]
+            label += f" {', '.join(apart)}" if apart else f" ({chash[:6]})"
+        for s in series[method, profile, chash]:
+            several = len(series[method, profile, chash]) > 1
+            out[method, profile, chash, s] = label + (f" (series {s[:6]})" if several else "")
+    return out
 
 
 def _order(method: str) -> tuple[int, str]:
@@ -40,10 +64,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
                     disable_numparse=True).splitlines()
 
 
-def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
+def _table(df, split: str, lengths: list[int], kind: str, names: dict) -> list[str]:
     body = [["chance (1/N)", *(f"{1 / n:.3f}" for n in lengths)]] if kind == "mean" else []
     sub = df[df.split == split]
-    multi = sub.groupby(["method", "profile"]).series.nunique().to_dict()
     keys = sorted(set(zip(sub.method, sub.profile, sub.config_hash, sub.series, strict=True)),
                   key=lambda k: (_order(k[0]), *k[1:]))
     for method, profile, chash, series in keys:
@@ -63,11 +86,11 @@ def _table(df, split: str, lengths: list[int], kind: str) -> list[str]:
                 cells.append("-" if math.isnan(r["ci95"]) else f"[{lo:.3f}, {hi:.3f}] (n={r['n']})")
             else:
                 cells.append(", ".join(s for s in r["selected"] if s != "{}") or "fixed")
-        body.append([_label(method, profile, chash, multi[method, profile] > 1, series), *cells])
+        body.append([names[method, profile, chash, series], *cells])
     return markdown_table(["method", *lengths], body)
 
 
-def _selection_lines(selection: Sequence[dict]) -> list[str]:
+def _selection_lines(selection: Sequence[dict], names: dict) -> list[str]:
     """One line per (method, config): the grid searched and the validation seeds it was scored on."""
     seen: dict[tuple, dict] = {}
     for rec in selection:
@@ -76,7 +99,8 @@ def _selection_lines(selection: Sequence[dict]) -> list[str]:
     for (method, profile, chash), rec in sorted(seen.items(), key=lambda kv: _order(kv[0][0])):
         grid = "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in rec["grid"])
         seeds = rec["val_seeds"]
-        lines.append(f"- {_label(method, profile, chash, False)}: {len(rec['grid'])} values ({grid}); "
+        name = next((v for k, v in names.items() if k[:3] == (method, profile, chash)), _label(method, profile))
+        lines.append(f"- {name}: {len(rec['grid'])} values ({grid}); "
                      f"validation trajectories per value: {len(seeds)} (seeds {', '.join(map(str, seeds))}); "
                      f"winner: best mean accuracy on {rec.get('scored_on', 'train')} images")
         edges = {r["n_classes"]: "; ".join(r["at_edge"]) for r in selection if r.get("at_edge")
@@ -120,6 +144,7 @@ def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selecti
     if not rows:
         raise ValueError("no result rows to render: run `clbench run` first or point --store at its --out")
     df = aggregate(list(rows))
+    names = labels(rows)
     lengths = sorted(df.n_classes.unique().tolist())
     extras = [c for c in df.columns if c.startswith("extra.")]
     warnings, run_lines = _provenance_lines(rows, runs)
@@ -130,33 +155,34 @@ def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selecti
         f"rows from git {', '.join(sorted({r.git_sha for r in rows}))}). Do not edit: re-run the command.",
         "",
         *(line for w in warnings for line in (w, "")),
-        "Accuracy after the last experience, argmax over the whole head; mean ± standard deviation over "
+        "Accuracy after the last experience, argmax over the whole head (over the classes seen so far where "
+        "`mask_unseen=True`); mean ± standard deviation over "
         "seeds (one trajectory per seed, one class per experience, 15 training and 5 held-out images per "
         "class). `[ci]` marks results of the reduced CI profile.",
         "",
         "## Test accuracy (held-out images)",
         "",
-        *_table(df, "test", lengths, "mean"),
+        *_table(df, "test", lengths, "mean", names),
         "",
         "### 95% confidence intervals of the mean test accuracy (Student's t over seeds, clipped to [0, 1])",
         "",
-        *_table(df, "test", lengths, "ci"),
+        *_table(df, "test", lengths, "ci", names),
         "",
         "## Training accuracy (the 15N images seen)",
         "",
-        *_table(df, "train", lengths, "mean"),
+        *_table(df, "train", lengths, "mean", names),
         "",
         "## Selected values (chosen on validation trajectories, scored on training accuracy)",
         "",
-        *_table(df, "test", lengths, "selected"),
+        *_table(df, "test", lengths, "selected", names),
     ]
     if selection:
-        out += ["", *_selection_lines(selection)]
+        out += ["", *_selection_lines(selection, names)]
     if run_lines:
         out += ["", "## Runs that wrote these results", "", *run_lines]
     if extras:
         sub = df[df.split == "test"].dropna(subset=extras, how="all")
-        body = [[_label(r["method"], r["profile"], r["config_hash"], False), r["n_classes"],
+        body = [[names[r["method"], r["profile"], r["config_hash"], r["series"]], r["n_classes"],
                  *("-" if math.isnan(r[e]) else f"{r[e]:.3f}" for e in extras)] for _, r in sub.iterrows()]
         out += ["", "## Method-specific figures (test split, mean over seeds)", "",
                 *markdown_table(["method", "n", *(e.removeprefix("extra.") for e in extras)], body)]
@@ -195,10 +221,11 @@ def plot(rows: Sequence[Row], path: str, split: str = "test") -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     lengths = sorted(df.n_classes.unique().tolist())
     ax.plot(lengths, [1 / n for n in lengths], "k:", label="chance")
-    for (method, profile, chash), g in sorted(df.groupby(["method", "profile", "config_hash"]),
-                                              key=lambda kv: _order(kv[0][0])):
+    names = labels(rows)
+    for (method, profile, chash, series), g in sorted(df.groupby(["method", "profile", "config_hash", "series"]),
+                                                      key=lambda kv: _order(kv[0][0])):
         g = g.sort_values("n_classes")
-        label = _label(method, profile, chash, False)
+        label = names[method, profile, chash, series]
         (line,) = ax.plot(g.n_classes, g["mean"], marker="o", ms=3, label=label)
         ci = g["ci95"].fillna(0)
         ax.fill_between(g.n_classes, g["mean"] - ci, g["mean"] + ci, color=line.get_color(), alpha=0.2)

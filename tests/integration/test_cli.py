@@ -40,6 +40,22 @@ def test_run_writes_rows_and_leaderboard(store):
     assert "## Runs that wrote these results" in board and "- `clbench run --methods naive,oracle --lengths 10" in board
 
 
+def test_leaderboard_reads_several_stores_and_keeps_the_methods_asked_for(store, tmp_path, capsys):
+    """A variant's rows in their own store sit beside the main store's in one table, each named by its
+    setting; an unknown method is a one-line error."""
+    other = tmp_path / "narrow"
+    assert main(["run", "--methods", "naive", *FAST, "--set", "naive.width=16", "--out", str(other)]) == 0
+    out = tmp_path / "variants.md"
+    assert main(["leaderboard", "--store", str(store), "--store", str(other), "--methods", "naive",
+                 "--profile", "default", "--output", str(out)]) == 0
+    board = re.sub(r" +", " ", out.read_text())
+    assert "| naive width=64 |" in board and "| naive width=16 |" in board and "| oracle " not in board
+    capsys.readouterr()
+    assert main(["leaderboard", "--store", str(store), "--methods", "naiv"]) == 2
+    assert "did you mean 'naive'" in capsys.readouterr().err
+    assert main(["leaderboard", "--store", str(store), "--methods", "naive", "--profile", "paper"]) == 2
+
+
 def test_rerun_skips_stored_cells(store, capsys):
     before = (store / "results.jsonl").read_bytes()
     assert main(["run", "--methods", "naive,oracle", *FAST, "--out", str(store)]) == 0

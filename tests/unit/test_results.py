@@ -8,9 +8,9 @@ from clbench.results import Row, Store, StoreError, aggregate
 
 
 def row(method="naive", n=10, seed=0, split="test", acc=0.5, status="ok", stream="h", chash="c1", profile="default",
-        series="", run=""):
+        series="", run="", config=None):
     return Row(run_id=f"{method}-{n}-{seed}-{chash}", protocol="p", protocol_version=1, method=method,
-               profile=profile, config={}, config_hash=chash, n_classes=n, classes_per_exp=1, seed=seed,
+               profile=profile, config=config or {}, config_hash=chash, n_classes=n, classes_per_exp=1, seed=seed,
                split=split, status=status, acc=acc, n_samples=50, stream_hash=f"{stream}{seed}",
                request=f"{method}-{n}-{seed}", series=series, run=run)
 
@@ -130,6 +130,25 @@ def test_leaderboard_flags_dirty_rows_and_several_commits():
     assert "**Warning:** 1 of 2 rows come from a source tree with uncommitted changes (bbbbbbbbbbbb+dirty.d1ff)" in text
     assert "the rows come from 2 commits" in text
     assert "at git bbbbbbbbbbbb+dirty.d1ff (checkout)" in text
+
+
+def test_leaderboard_names_variants_by_the_settings_that_set_them_apart():
+    """Two configs of one method and profile: each row is named by its own settings, not the tuned step size
+    (chosen per length) nor a setting they share; one config in two series gets the series too."""
+    from clbench.leaderboard import labels, render
+
+    adam = {"lr": 3e-4, "optimizer": "adam", "first_order": True}
+    rows = [row("anml", profile="paper", chash="a", config=adam),
+            row("anml", profile="paper", chash="s", config={**adam, "lr": 0.01, "optimizer": "sgd"}),
+            row("anml", profile="paper", chash="m", config={**adam, "mask_unseen": True}),
+            row("anml", chash="d", config=adam), row("naive", series="x"), row("naive", series="y", seed=1)]
+    assert labels(rows) == {
+        ("anml", "paper", "a", ""): "anml [paper] optimizer=adam",
+        ("anml", "paper", "s", ""): "anml [paper] optimizer=sgd",
+        ("anml", "paper", "m", ""): "anml [paper] optimizer=adam, mask_unseen=True",
+        ("anml", "default", "d", ""): "anml",
+        ("naive", "default", "c1", "x"): "naive (series x)", ("naive", "default", "c1", "y"): "naive (series y)"}
+    assert "| anml [paper] optimizer=sgd " in render(rows, "cmd")
 
 
 def test_a_trajectory_counts_once_whatever_its_run_id():
