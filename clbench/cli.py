@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ls", help="list methods and profiles")
 
     rp = sub.add_parser("reproduce", help="ANML and OML rows against the published numbers, with verdicts")
-    rp.add_argument("--store", required=True, help="result directory holding results.jsonl")
+    rp.add_argument("--store", required=True, action="append",
+                    help="result directory holding results.jsonl (repeatable: the stores' rows together)")
     rp.add_argument("--published", default="results/reference/published.csv")
     rp.add_argument("--output", default=None, help="write the markdown here (default: print it)")
 
@@ -246,7 +247,8 @@ def _cmd_cost(args, argv) -> int:
 def _cmd_reproduce(args, argv) -> int:
     from clbench import reproduction
 
-    text = reproduction.render(_store_rows(args.store), reproduction.read_published(args.published),
+    text = reproduction.render([r for store in args.store for r in _store_rows(store)],
+                               reproduction.read_published(args.published),
                                command_line(argv), args.published)
     if args.output:
         Path(args.output).write_text(text)
