@@ -40,3 +40,16 @@ def test_cost_counts_the_runners_jobs_and_measures_the_store(capsys):
     assert rows["naive"][1:3] == ["3", "21"] and rows["oracle"][1:3] == ["6", "0"]
     assert rows["naive"][5].endswith("(6/6 cells)") and rows["oracle"][5].endswith("(6/6 cells)")
     assert main(["cost", "--methods", "naive", "--rates", "/nonexistent"]) == 2
+
+
+def test_cost_of_another_profile_counts_none_of_the_stores_cells_and_says_whose_rate_it_borrows(capsys):
+    """The committed leaderboard holds ANML's default-profile cells: a paper-profile run of it has none yet."""
+    store = str(ROOT / "results" / "leaderboard")
+    assert main(["cost", "--methods", "anml", "--no-reference", "--profile", "paper", "--lengths", "10,50",
+                 "--seeds", "0-2", "--val-seeds", "1", "--threads", "1", "--rates", store, "--out", store]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| anml")]
+    assert "(another profile; `" in line and "(0/6 cells)" in line
+    assert main(["cost", "--methods", "anml", "--no-reference", "--profile", "default", "--lengths", "10,50",
+                 "--seeds", "0-2", "--val-seeds", "1", "--threads", "1", "--rates", store, "--out", store]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| anml")]
+    assert "another" not in line and "(6/6 cells)" in line
