@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from clbench import __version__, provenance
+from clbench.config import config_dict
 from clbench.registry import METHODS
 from clbench.results import Row, aggregate
 
@@ -35,7 +36,11 @@ def labels(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], str]:
         peers = [c for k, c in configs.items() if k[:2] == (method, profile)]
         label = _label(method, profile)
         if len(peers) > 1:
-            tuned = set(registry.load(method).tuned) if method in registry.names() else set()
+            tuned, defaults = set(), {}
+            if method in registry.names():  # a row stored before a setting existed had its default
+                spec = registry.load(method)
+                tuned, defaults = set(spec.tuned), config_dict(spec.config())
+            cfg, peers = {**defaults, **cfg}, [{**defaults, **p} for p in peers]
             apart = [f"{k}={v}" for k, v in cfg.items() if k not in tuned and any(p.get(k) != v for p in peers)]
             label += f" {', '.join(apart)}" if apart else f" ({chash[:6]})"
         for s in series[method, profile, chash]:

@@ -141,13 +141,17 @@ def test_leaderboard_names_variants_by_the_settings_that_set_them_apart():
     rows = [row("anml", profile="paper", chash="a", config=adam),
             row("anml", profile="paper", chash="s", config={**adam, "lr": 0.01, "optimizer": "sgd"}),
             row("anml", profile="paper", chash="m", config={**adam, "mask_unseen": True}),
-            row("anml", chash="d", config=adam), row("naive", series="x"), row("naive", series="y", seed=1)]
+            row("anml", chash="d", config=adam), row("naive", series="x"), row("naive", series="y", seed=1),
+            # stored before mask_unseen existed (no such key) and after (its default): the same setting
+            row("oml", chash="o1", config={"optimizer": "adam"}),
+            row("oml", chash="o2", config={"optimizer": "sgd", "mask_unseen": False})]
     assert labels(rows) == {
-        ("anml", "paper", "a", ""): "anml [paper] optimizer=adam",
-        ("anml", "paper", "s", ""): "anml [paper] optimizer=sgd",
+        ("anml", "paper", "a", ""): "anml [paper] optimizer=adam, mask_unseen=False",
+        ("anml", "paper", "s", ""): "anml [paper] optimizer=sgd, mask_unseen=False",
         ("anml", "paper", "m", ""): "anml [paper] optimizer=adam, mask_unseen=True",
         ("anml", "default", "d", ""): "anml",
-        ("naive", "default", "c1", "x"): "naive (series x)", ("naive", "default", "c1", "y"): "naive (series y)"}
+        ("naive", "default", "c1", "x"): "naive (series x)", ("naive", "default", "c1", "y"): "naive (series y)",
+        ("oml", "default", "o1", ""): "oml optimizer=adam", ("oml", "default", "o2", ""): "oml optimizer=sgd"}
     assert "| anml [paper] optimizer=sgd " in render(rows, "cmd")
 
 
