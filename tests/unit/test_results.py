@@ -152,7 +152,7 @@ def test_leaderboard_names_variants_by_the_settings_that_set_them_apart():
         ("anml", "default", "d", ""): "anml",
         ("naive", "default", "c1", "x"): "naive (series x)", ("naive", "default", "c1", "y"): "naive (series y)",
         ("oml", "default", "o1", ""): "oml optimizer=adam", ("oml", "default", "o2", ""): "oml optimizer=sgd"}
-    assert "| anml [paper] optimizer=sgd " in render(rows, "cmd")
+    assert "| anml [paper] optimizer=sgd, mask_unseen=False " in render(rows, "cmd")
 
 
 def test_a_trajectory_counts_once_whatever_its_run_id():
