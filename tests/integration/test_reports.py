@@ -43,9 +43,10 @@ def test_cost_counts_the_runners_jobs_and_measures_the_store(capsys):
 
 
 def test_cost_of_another_profile_counts_none_of_the_stores_cells_and_says_whose_rate_it_borrows(capsys):
-    """The committed leaderboard holds ANML's default-profile cells: a paper-profile run of it has none yet."""
+    """The committed leaderboard holds ANML's default-profile cells (and a paper-size first-order series): a
+    ci-profile run of it has none."""
     store = str(ROOT / "results" / "leaderboard")
-    assert main(["cost", "--methods", "anml", "--no-reference", "--profile", "paper", "--lengths", "10,50",
+    assert main(["cost", "--methods", "anml", "--no-reference", "--profile", "ci", "--lengths", "10,50",
                  "--seeds", "0-2", "--val-seeds", "1", "--threads", "1", "--rates", store, "--out", store]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| anml")]
     assert "(another profile; `" in line and "(0/6 cells)" in line
@@ -53,3 +54,8 @@ def test_cost_of_another_profile_counts_none_of_the_stores_cells_and_says_whose_
                  "--seeds", "0-2", "--val-seeds", "1", "--threads", "1", "--rates", store, "--out", store]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| anml")]
     assert "another" not in line and "(6/6 cells)" in line
+    # paper profile, second order: the store's paper rows are the first-order checkpoint's, another config
+    assert main(["cost", "--methods", "anml", "--no-reference", "--profile", "paper", "--lengths", "10,50",
+                 "--seeds", "0-2", "--val-seeds", "1", "--threads", "1", "--rates", store, "--out", store]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| anml")]
+    assert "(paper profile, another config; `" in line and "(0/6 cells)" in line
