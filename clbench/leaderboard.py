@@ -238,8 +238,8 @@ def plot(rows: Sequence[Row], path: str, split: str = "test") -> None:
     ax.set_ylabel(f"{split} accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: variants have long names
     ax.set_title("Class-incremental Omniglot (mean, 95% CI over seeds)")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
