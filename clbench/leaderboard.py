@@ -181,7 +181,8 @@ def render(rows: Sequence[Row], command: str, runs: Sequence[dict] = (), selecti
         "",
         *_table(df, "test", lengths, "selected", names),
     ]
-    if selection:
+    shown = {(r.method, r.config_hash) for r in rows}  # the selections of the configs in these tables
+    if selection := [s for s in selection if (s["method"], s["config_hash"]) in shown]:
         out += ["", *_selection_lines(selection, names)]
     if run_lines:
         out += ["", "## Runs that wrote these results", "", *run_lines]

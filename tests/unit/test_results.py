@@ -103,6 +103,7 @@ def test_leaderboard_names_the_selection_grid_and_the_runs():
     sel = [{"method": "naive", "profile": "default", "config_hash": "c1", "n_classes": n,
             "grid": [{"lr": 0.1}, {"lr": 0.01}], "val_seeds": [10000, 10001], "scored_on": "train"} for n in (10, 50)]
     sel[0]["at_edge"] = ["lr=0.1, the largest value"]
+    sel.append({**sel[1], "method": "ewc", "grid": [{"lr": 0.3}]})  # a selection of a config no row shows
     runs = [_record("r1", "clbench run a"), _record("r2", "clbench run b"), _record("r3", "clbench run c")]
     text = render([row(seed=0, run="r1"), row(seed=1, run="r2")], "cmd", runs=runs, selection=sel)
     assert text.count("validation trajectories per value: 2 (seeds 10000, 10001)") == 1
@@ -110,6 +111,7 @@ def test_leaderboard_names_the_selection_grid_and_the_runs():
     assert "chosen at an end of the grid** (a better value may lie beyond it): n=10: lr=0.1, the largest" in text
     assert "- `clbench run a`: run r1" in text and "- `clbench run b`: run r2" in text
     assert "clbench run c" not in text  # a run record no row comes from is not listed
+    assert "- ewc" not in text and "lr=0.3" not in text  # nor a selection
     assert "Warning" not in text and "commits" not in text
 
 
