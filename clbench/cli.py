@@ -159,7 +159,7 @@ def _run_config(args) -> RunConfig:
         merged["seeds"] = _ints(args.seeds, "seeds")
     if "out" in merged:
         merged["out"] = Path(merged["out"])
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = tuple(_names(args.methods))
     if methods == ("all",):
         methods = tuple(registry.names())
     overrides = merge_overrides(method_file, parse_set(args.set))
@@ -247,7 +247,7 @@ def _cmd_cost(args, argv) -> int:
 def _cmd_reproduce(args, argv) -> int:
     from clbench import reproduction
 
-    text = reproduction.render([r for store in args.store for r in _store_rows(store)],
+    text = reproduction.render(_store_rows(*args.store),
                                reproduction.read_published(args.published),
                                command_line(argv), args.published)
     if args.output:
@@ -297,12 +297,20 @@ def _cmd_ls(args) -> int:
     return 0
 
 
-def _store_rows(store: str):
+def _names(text: str) -> list[str]:
+    """``"anml, oml"`` -> ``["anml", "oml"]``."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _store_rows(*stores: str):
+    """The rows of every store, in order; a store without rows is a one-line error."""
     from clbench.results import Store
 
-    rows = Store(store).rows()
-    if not rows:
-        raise CLIError(f"no results in {Path(store) / 'results.jsonl'}; run `clbench run --out {store}` first")
+    rows = []
+    for store in stores:
+        if not (found := Store(store).rows()):
+            raise CLIError(f"no results in {Path(store) / 'results.jsonl'}; run `clbench run --out {store}` first")
+        rows += found
     return rows
 
 
@@ -318,9 +326,9 @@ def _cmd_leaderboard(args, argv) -> int:
     from clbench import leaderboard
 
     stores = args.store or ["runs"]
-    rows = [r for store in stores for r in _store_rows(store)]
+    rows = _store_rows(*stores)
     if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        wanted = _names(args.methods)
         registry.check_names(wanted)
         rows = [r for r in rows if r.method in wanted]
     rows = [r for r in rows if args.profile in (None, r.profile)]

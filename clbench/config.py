@@ -190,8 +190,9 @@ def _hashed_when_set(cls) -> set[str]:
 
 def config_hash(method: str, profile: str, cfg) -> str:
     values = config_dict(cfg)
+    optional = _hashed_when_set(type(cfg))
     for f in dataclasses.fields(cfg):
-        if f.name in _hashed_when_set(type(cfg)) and getattr(cfg, f.name) == f.default:
+        if f.name in optional and getattr(cfg, f.name) == f.default:
             del values[f.name]
     payload = json.dumps({"method": method, "profile": profile, "config": values}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
